@@ -13,6 +13,7 @@ from typing import Callable
 # name -> (module, forward function, backward function)
 _REGISTRY = {
     "numba": ("fastlstm._kernels.numba_lstm", "lstm_forward", "lstm_backward"),
+    "cython": ("fastlstm._kernels.cython_lstm", "forward", "backward"),
     "reference": ("fastlstm._kernels.reference", "forward", "backward"),
 }
 

@@ -1,14 +1,20 @@
-"""A stack of (bi)directional LSTM layers over one packed batch.
+"""A stack of (bi)directional LSTM layers over one mini-batch.
 
 This module composes the one-direction kernels of a backend into the whole
 recurrent network: layers feed each other, the two directions of a layer are
 concatenated feature-wise (forward first, as ``torch.nn.LSTM`` does), dropout
 masks drawn by the caller are applied between layers, and the backward pass
-walks the same path in reverse, writing gradients straight into the views of
-a flat gradient vector.
+walks the same path in reverse.
+
+A mini-batch arrives as a list of *shards*: packed batches of disjoint
+sequences. Sequences never interact inside the network, so every (shard,
+direction) pair of a layer is an independent task; with an executor, the
+tasks of a layer run in parallel (the kernels release the GIL). Each shard
+has its own output and gradient buffers, so the result does not depend on the
+number of threads, only on the sharding, which the caller fixes.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,178 +23,287 @@ from ._weights import GATES
 
 @dataclass(frozen=True)
 class NetworkShape:
-    """Sizes that fix the network's structure."""
+    """What fixes the network's structure.
+
+    Attributes
+    ----------
+    hidden_size : int
+    num_layers : int
+    bidirectional : bool
+    proj_size : int
+        Size of the projected hidden state; 0 means no projection.
+    gate_kind, state_kind : int
+        Activation codes (see ``_kernels._activations``).
+    """
 
     hidden_size: int
     num_layers: int
     bidirectional: bool
+    proj_size: int = 0
+    gate_kind: int = 0
+    state_kind: int = 0
 
     @property
     def n_directions(self):
         return 2 if self.bidirectional else 1
 
     @property
+    def state_size(self):
+        """Size of the hidden state h of one direction."""
+        return self.proj_size if self.proj_size > 0 else self.hidden_size
+
+    @property
     def n_features_out(self):
-        return self.hidden_size * self.n_directions
+        return self.state_size * self.n_directions
 
 
-def _suffix(direction):
-    return "_reverse" if direction == 1 else ""
-
-
-@dataclass
-class _DirectionCache:
-    # Everything one direction's forward kernel saved for its backward.
-    bias: np.ndarray
-    h0: np.ndarray
-    c0: np.ndarray
-    Hprev: np.ndarray
-    Cprev: np.ndarray
-    TC: np.ndarray
-    gates: np.ndarray
+def layer_name(layer, direction):
+    """The suffix of a layer's parameter names, as in torch: ``l0``, ``l0_reverse``."""
+    return f"l{layer}{'_reverse' if direction == 1 else ''}"
 
 
 @dataclass
 class ForwardResult:
-    """Outputs of :func:`network_forward` and what backward needs.
+    """Outputs of :func:`network_forward` for one shard, and what backward needs.
 
     Attributes
     ----------
-    outputs : ndarray of shape (n_rows, n_directions * hidden_size)
+    outputs : ndarray of shape (n_rows, n_directions * state_size)
         Last layer's hidden state at every packed step.
-    final_hidden : ndarray of shape (batch_size, n_directions * hidden_size)
-        Last layer's final hidden state of each sequence and direction: the
-        forward direction after the sequence's last step, the reverse
-        direction after its first step.
+    h_n : ndarray of shape (num_layers * n_directions, batch_size, state_size)
+        Every layer's and direction's final hidden state (torch's ``h_n``):
+        the forward direction's after the sequence's last step, the reverse
+        direction's after its first.
+    c_n : ndarray of shape (num_layers * n_directions, batch_size, hidden_size)
+        The same for the cell state.
     """
 
     outputs: np.ndarray
-    final_hidden: np.ndarray
-    layer_inputs: list = field(default_factory=list)
-    directions: list = field(default_factory=list)
+    h_n: np.ndarray
+    c_n: np.ndarray
+    n_directions: int
+    layer_inputs: list
+    saved: dict
+
+    @property
+    def final_hidden(self):
+        """Last layer's final hidden states, directions side by side.
+
+        An array of shape (batch_size, n_directions * state_size): the features
+        a sequence-to-label output layer reads.
+        """
+        return np.concatenate(list(self.h_n[-self.n_directions:]), axis=1)
 
 
-def network_forward(params, shape, batch, backend, dropout_masks=None):
-    """Run the recurrent layers over a packed batch.
+def _run_tasks(executor, function, tasks):
+    if executor is None or len(tasks) == 1:
+        for task in tasks:
+            function(*task)
+    else:
+        # list() re-raises the first exception of any task.
+        list(executor.map(lambda task: function(*task), tasks))
+
+
+def _empty(shape, dtype):
+    return np.empty(shape, dtype=dtype)
+
+
+def network_forward(params, shape, shards, backend, *, dropout_masks=None, h0=None, c0=None,
+                    executor=None):
+    """Run the recurrent layers over every shard of a mini-batch.
 
     Parameters
     ----------
     params : dict of str to ndarray
         Parameters named as ``torch.nn.LSTM``'s state dict.
     shape : NetworkShape
-    batch : PackedBatch
+    shards : list of PackedBatch
     backend : Backend
-    dropout_masks : list of ndarray or None, default=None
-        ``dropout_masks[l - 1]`` (already scaled by 1 / keep probability)
-        multiplies the input of layer ``l >= 1``; None means no dropout.
+    dropout_masks : list of list of ndarray, default=None
+        ``dropout_masks[s][l - 1]`` (already scaled by 1 / keep probability)
+        multiplies the input of layer ``l >= 1`` of shard ``s``.
+    h0, c0 : list of ndarray, default=None
+        Per shard, initial states of shape (num_layers * n_directions,
+        batch_size, state_size or hidden_size); None means zeros.
+    executor : concurrent.futures.Executor, default=None
+        Runs the independent (shard, direction) tasks of a layer in parallel.
 
     Returns
     -------
-    result : ForwardResult
+    results : list of ForwardResult
+        One per shard.
     """
-    hidden = shape.hidden_size
-    n_rows = batch.X.shape[0]
-    batch_size = batch.size
-    dtype = batch.X.dtype
-    result = ForwardResult(outputs=None, final_hidden=None)
-    layer_input = batch.X
+    hidden, state = shape.hidden_size, shape.state_size
+    n_stack = shape.num_layers * shape.n_directions
+    results = []
+    for index, batch in enumerate(shards):
+        batch_size, dtype = batch.size, batch.X.dtype
+        results.append(ForwardResult(
+            outputs=None,
+            h_n=_empty((n_stack, batch_size, state), dtype),
+            c_n=_empty((n_stack, batch_size, hidden), dtype),
+            n_directions=shape.n_directions,
+            layer_inputs=[],
+            saved={},
+        ))
+        if h0 is None or h0[index] is None:
+            results[-1].saved["h0"] = np.zeros((n_stack, batch_size, state), dtype)
+            results[-1].saved["c0"] = np.zeros((n_stack, batch_size, hidden), dtype)
+        else:
+            results[-1].saved["h0"] = np.ascontiguousarray(h0[index], dtype=dtype)
+            results[-1].saved["c0"] = np.ascontiguousarray(c0[index], dtype=dtype)
+
+    def run(shard_index, layer, direction, layer_input, layer_output):
+        batch, result = shards[shard_index], results[shard_index]
+        n_rows, batch_size, dtype = batch.X.shape[0], batch.size, batch.X.dtype
+        name = layer_name(layer, direction)
+        stack = layer * shape.n_directions + direction
+        W_proj = params.get(f"weight_hr_{name}", _NO_PROJECTION[dtype.type])
+        H = _empty((n_rows, state), dtype)
+        saved = dict(
+            bias=params[f"bias_ih_{name}"] + params[f"bias_hh_{name}"],
+            Hprev=_empty((n_rows, state), dtype),
+            Cprev=_empty((n_rows, hidden), dtype),
+            TC=_empty((n_rows, hidden), dtype),
+            gates=_empty((n_rows, GATES * hidden), dtype),
+            M=_empty((n_rows, hidden), dtype) if shape.proj_size else W_proj,
+        )
+        backend.forward(
+            layer_input, batch.batch_sizes, params[f"weight_ih_{name}"],
+            params[f"weight_hh_{name}"], saved["bias"], W_proj,
+            result.saved["h0"][stack], result.saved["c0"][stack], direction == 1,
+            shape.gate_kind, shape.state_kind,
+            H, saved["Hprev"], saved["Cprev"], saved["TC"], saved["gates"], saved["M"],
+            result.h_n[stack], result.c_n[stack], _empty((batch_size, GATES * hidden), dtype),
+        )
+        layer_output[:, direction * state:(direction + 1) * state] = H
+        result.saved[(layer, direction)] = saved
+
+    layer_inputs = [batch.X for batch in shards]
     for layer in range(shape.num_layers):
         if layer > 0 and dropout_masks is not None:
-            layer_input = layer_input * dropout_masks[layer - 1]
-        result.layer_inputs.append(layer_input)
-        outputs = np.empty((n_rows, shape.n_features_out), dtype=dtype)
-        final_hidden = np.empty((batch_size, shape.n_features_out), dtype=dtype)
-        caches = []
-        for direction in range(shape.n_directions):
-            name = f"l{layer}{_suffix(direction)}"
-            bias = params[f"bias_ih_{name}"] + params[f"bias_hh_{name}"]
-            h0 = np.zeros((batch_size, hidden), dtype=dtype)
-            c0 = np.zeros((batch_size, hidden), dtype=dtype)
-            H, Hprev, Cprev, TC = (np.empty((n_rows, hidden), dtype=dtype) for _ in range(4))
-            gates = np.empty((n_rows, GATES * hidden), dtype=dtype)
-            h_n = np.empty((batch_size, hidden), dtype=dtype)
-            c_n = np.empty((batch_size, hidden), dtype=dtype)
-            work = np.empty((batch_size, GATES * hidden), dtype=dtype)
-            backend.forward(
-                layer_input, batch.batch_sizes,
-                params[f"weight_ih_{name}"], params[f"weight_hh_{name}"], bias,
-                h0, c0, direction == 1,
-                H, Hprev, Cprev, TC, gates, h_n, c_n, work,
-            )
-            columns = slice(direction * hidden, (direction + 1) * hidden)
-            outputs[:, columns] = H
-            final_hidden[:, columns] = h_n
-            caches.append(_DirectionCache(bias, h0, c0, Hprev, Cprev, TC, gates))
-        result.directions.append(caches)
-        layer_input = outputs
-    result.outputs = outputs
-    result.final_hidden = final_hidden
-    return result
+            layer_inputs = [x * masks[layer - 1] for x, masks in zip(layer_inputs, dropout_masks)]
+        layer_outputs = [_empty((batch.X.shape[0], shape.n_features_out), batch.X.dtype)
+                         for batch in shards]
+        for result, layer_input in zip(results, layer_inputs):
+            result.layer_inputs.append(layer_input)
+        _run_tasks(executor, run, [
+            (s, layer, direction, layer_inputs[s], layer_outputs[s])
+            for s in range(len(shards)) for direction in range(shape.n_directions)
+        ])
+        layer_inputs = layer_outputs
+    for result, outputs in zip(results, layer_inputs):
+        result.outputs = outputs
+    return results
 
 
-def network_backward(params, grads, shape, batch, backend, forward_result,
-                     d_outputs=None, d_final_hidden=None, dropout_masks=None):
-    """Backpropagate through the recurrent layers.
+# Kernels take a (0, 0) projection matrix to mean "no projection".
+_NO_PROJECTION = {np.float32: np.zeros((0, 0), np.float32),
+                  np.float64: np.zeros((0, 0), np.float64)}
+
+
+@dataclass
+class BackwardResult:
+    """Gradients of :func:`network_backward` for one shard beyond the parameters.
+
+    Attributes
+    ----------
+    d_inputs : ndarray of shape (n_rows, n_features)
+        With respect to the packed inputs.
+    d_h0, d_c0 : ndarray
+        With respect to the initial states, shaped like them.
+    """
+
+    d_inputs: np.ndarray
+    d_h0: np.ndarray
+    d_c0: np.ndarray
+
+
+def network_backward(params, grads, shape, shards, backend, forward_results, *,
+                     d_outputs=None, d_final_hidden=None, dropout_masks=None, executor=None):
+    """Backpropagate through the recurrent layers of every shard.
 
     Parameters
     ----------
     params : dict of str to ndarray
-    grads : dict of str to ndarray
-        OUT. Gradient views named as ``params``; the recurrent entries are
-        overwritten, others are left alone.
+    grads : list of dict of str to ndarray
+        OUT. Per shard, gradient views named as ``params``; the recurrent
+        entries are overwritten, the others are left alone.
     shape : NetworkShape
-    batch : PackedBatch
+    shards : list of PackedBatch
     backend : Backend
-    forward_result : ForwardResult
-        From :func:`network_forward` on the same batch and parameters.
-    d_outputs : ndarray of shape (n_rows, n_directions * hidden_size), default=None
-        Gradient with respect to ``forward_result.outputs``; None means zero.
-    d_final_hidden : ndarray of shape (batch_size, n_directions * hidden_size), default=None
-        Gradient with respect to ``forward_result.final_hidden``; None means zero.
-    dropout_masks : list of ndarray or None
+    forward_results : list of ForwardResult
+        From :func:`network_forward` on the same shards and parameters.
+    d_outputs : list of ndarray or None, default=None
+        Per shard, the gradient with respect to ``outputs``; None means zero.
+    d_final_hidden : list of ndarray or None, default=None
+        Per shard, the gradient with respect to ``final_hidden``; None means zero.
+    dropout_masks : list of list of ndarray, default=None
         The masks given to :func:`network_forward`.
+    executor : concurrent.futures.Executor, default=None
 
     Returns
     -------
-    d_inputs : ndarray of shape (n_rows, n_features)
-        Gradient with respect to the packed inputs ``batch.X``.
+    results : list of BackwardResult
     """
-    hidden = shape.hidden_size
-    n_rows = batch.X.shape[0]
-    batch_size = batch.size
-    dtype = batch.X.dtype
-    zeros_rows = np.zeros((n_rows, hidden), dtype=dtype)
-    zeros_state = np.zeros((batch_size, hidden), dtype=dtype)
+    hidden, state = shape.hidden_size, shape.state_size
+    n_directions = shape.n_directions
+    results = [
+        BackwardResult(d_inputs=None, d_h0=np.empty_like(fwd.saved["h0"]),
+                       d_c0=np.empty_like(fwd.saved["c0"]))
+        for fwd in forward_results
+    ]
+
+    def run(shard_index, layer, direction, d_layer_output, d_layer_input_parts):
+        batch, fwd = shards[shard_index], forward_results[shard_index]
+        result, shard_grads = results[shard_index], grads[shard_index]
+        n_rows, batch_size, dtype = batch.X.shape[0], batch.size, batch.X.dtype
+        name = layer_name(layer, direction)
+        stack = layer * n_directions + direction
+        saved = fwd.saved[(layer, direction)]
+        columns = slice(direction * state, (direction + 1) * state)
+        if d_layer_output is None:
+            dH = np.zeros((n_rows, state), dtype)
+        else:
+            dH = np.ascontiguousarray(d_layer_output[:, columns])
+        dh_n = np.zeros((batch_size, state), dtype)
+        if layer == shape.num_layers - 1 and d_final_hidden is not None:
+            dh_n[:] = d_final_hidden[shard_index][:, columns]
+        project = shape.proj_size > 0
+        W_proj = params[f"weight_hr_{name}"] if project else saved["M"]
+        dW_proj = shard_grads[f"weight_hr_{name}"] if project else saved["M"]
+        layer_input = fwd.layer_inputs[layer]
+        d_layer_input_parts[direction] = dX = np.empty_like(layer_input)
+        d_bias = shard_grads[f"bias_ih_{name}"]
+        backend.backward(
+            layer_input, batch.batch_sizes, params[f"weight_ih_{name}"],
+            params[f"weight_hh_{name}"], saved["bias"], W_proj,
+            fwd.saved["h0"][stack], fwd.saved["c0"][stack], direction == 1,
+            shape.gate_kind, shape.state_kind,
+            saved["Hprev"], saved["Cprev"], saved["TC"], saved["gates"], saved["M"],
+            dH, dh_n, np.zeros((batch_size, hidden), dtype),
+            dX, shard_grads[f"weight_ih_{name}"], shard_grads[f"weight_hh_{name}"], d_bias,
+            dW_proj, result.d_h0[stack], result.d_c0[stack],
+            _empty((n_rows, GATES * hidden), dtype),
+            _empty((n_rows, state), dtype) if project else saved["M"],
+            _empty((batch_size, hidden), dtype) if project else saved["M"],
+        )
+        # Both torch biases enter the gates as one sum, so they share a gradient.
+        shard_grads[f"bias_hh_{name}"][:] = d_bias
+
+    d_layer_outputs = [None] * len(shards) if d_outputs is None else list(d_outputs)
     for layer in reversed(range(shape.num_layers)):
-        layer_input = forward_result.layer_inputs[layer]
-        d_input = np.zeros_like(layer_input)
-        is_last = layer == shape.num_layers - 1
-        for direction in range(shape.n_directions):
-            name = f"l{layer}{_suffix(direction)}"
-            cache = forward_result.directions[layer][direction]
-            columns = slice(direction * hidden, (direction + 1) * hidden)
-            dH = zeros_rows if d_outputs is None else np.ascontiguousarray(d_outputs[:, columns])
-            if is_last and d_final_hidden is not None:
-                dh_n = np.ascontiguousarray(d_final_hidden[:, columns])
-            else:
-                dh_n = zeros_state
-            dX = np.empty_like(layer_input)
-            d_bias = grads[f"bias_ih_{name}"]
-            backend.backward(
-                layer_input, batch.batch_sizes,
-                params[f"weight_ih_{name}"], params[f"weight_hh_{name}"],
-                cache.bias, cache.h0, cache.c0, direction == 1,
-                cache.Hprev, cache.Cprev, cache.TC, cache.gates,
-                dH, dh_n, zeros_state,
-                dX, grads[f"weight_ih_{name}"], grads[f"weight_hh_{name}"], d_bias,
-                np.empty((batch_size, hidden), dtype=dtype),
-                np.empty((batch_size, hidden), dtype=dtype),
-                np.empty((n_rows, GATES * hidden), dtype=dtype),
-            )
-            # Both torch biases enter the gates as one sum, so they share a gradient.
-            grads[f"bias_hh_{name}"][:] = d_bias
-            d_input += dX
-        if layer > 0 and dropout_masks is not None:
-            d_input *= dropout_masks[layer - 1]
-        d_outputs = d_input
-    return d_outputs
+        parts = [[None] * n_directions for _ in shards]
+        _run_tasks(executor, run, [
+            (s, layer, direction, d_layer_outputs[s], parts[s])
+            for s in range(len(shards)) for direction in range(n_directions)
+        ])
+        d_layer_outputs = []
+        for s, shard_parts in enumerate(parts):
+            d_input = shard_parts[0] if n_directions == 1 else shard_parts[0] + shard_parts[1]
+            if layer > 0 and dropout_masks is not None:
+                d_input *= dropout_masks[s][layer - 1]
+            d_layer_outputs.append(d_input)
+    for result, d_input in zip(results, d_layer_outputs):
+        result.d_inputs = d_input
+    return results

@@ -12,8 +12,9 @@ GATES = 4  # i, f, g, o, in torch's order
 _FORGET_GATE = 1
 
 
-def parameter_shapes(input_size, hidden_size, num_layers, bidirectional, n_outputs):
-    """Names and shapes of every parameter, in a fixed order.
+def parameter_shapes(input_size, hidden_size, num_layers, bidirectional, n_outputs,
+                     proj_size=0):
+    """Names and shapes of every parameter, in ``torch.nn.LSTM``'s order.
 
     Parameters
     ----------
@@ -23,24 +24,29 @@ def parameter_shapes(input_size, hidden_size, num_layers, bidirectional, n_outpu
     bidirectional : bool
     n_outputs : int
         Width of the output layer (classes or regression targets).
+    proj_size : int, default=0
+        Size of the projected hidden state; 0 for none.
 
     Returns
     -------
     shapes : list of (str, tuple)
     """
     n_directions = 2 if bidirectional else 1
+    state_size = proj_size if proj_size > 0 else hidden_size
     shapes = []
     for layer in range(num_layers):
-        layer_input = input_size if layer == 0 else hidden_size * n_directions
+        layer_input = input_size if layer == 0 else state_size * n_directions
         for suffix in ("", "_reverse")[:n_directions]:
             shapes += [
                 (f"weight_ih_l{layer}{suffix}", (GATES * hidden_size, layer_input)),
-                (f"weight_hh_l{layer}{suffix}", (GATES * hidden_size, hidden_size)),
+                (f"weight_hh_l{layer}{suffix}", (GATES * hidden_size, state_size)),
                 (f"bias_ih_l{layer}{suffix}", (GATES * hidden_size,)),
                 (f"bias_hh_l{layer}{suffix}", (GATES * hidden_size,)),
             ]
+            if proj_size > 0:
+                shapes.append((f"weight_hr_l{layer}{suffix}", (proj_size, hidden_size)))
     shapes += [
-        ("head.weight", (n_outputs, hidden_size * n_directions)),
+        ("head.weight", (n_outputs, state_size * n_directions)),
         ("head.bias", (n_outputs,)),
     ]
     return shapes
@@ -100,26 +106,58 @@ def n_parameters(shapes):
     return sum(int(np.prod(shape)) for _, shape in shapes)
 
 
-def _glorot_uniform(rng, shape):
+def _glorot(rng, shape):
     fan_out, fan_in = shape
     limit = np.sqrt(6.0 / (fan_in + fan_out))
     return rng.uniform(-limit, limit, size=shape)
 
 
+def _he(rng, shape):
+    return rng.normal(0.0, np.sqrt(2.0 / shape[1]), size=shape)
+
+
 def _orthogonal(rng, shape):
     # Q of the QR decomposition of a standard normal matrix, sign-corrected so
-    # that the distribution is uniform over orthogonal matrices.
-    q, r = np.linalg.qr(rng.standard_normal(shape))
-    return q * np.sign(np.diag(r))
+    # that the distribution is uniform over orthogonal matrices. A wide matrix
+    # gets orthonormal rows instead of columns.
+    rows, columns = shape
+    q, r = np.linalg.qr(rng.standard_normal((max(shape), min(shape))))
+    q = q * np.sign(np.diag(r))
+    return q if rows >= columns else q.T
 
 
-def init_parameters(shapes, rng, dtype, forget_bias=1.0):
-    """Draw initial parameters as MATLAB's ``lstmLayer`` does by default.
+def _narrow_normal(rng, shape):
+    return rng.normal(0.0, 0.01, size=shape)
 
-    Input weights are Glorot-uniform, recurrent weights orthogonal, biases zero
-    except the forget gate's (``forget_bias``, the "unit-forget-gate"
-    initialiser, set once in ``bias_ih`` only), and the output layer
-    Glorot-uniform with zero bias.
+
+def _zeros(rng, shape):
+    return np.zeros(shape)
+
+
+# MATLAB's names for its lstmLayer initialisers.
+WEIGHT_INITIALIZERS = {
+    "glorot": _glorot,
+    "he": _he,
+    "orthogonal": _orthogonal,
+    "narrow-normal": _narrow_normal,
+    "zeros": _zeros,
+}
+BIAS_INITIALIZERS = ("unit-forget-gate", "narrow-normal", "ones", "zeros")
+
+
+def init_parameters(shapes, rng, dtype, input_weights_initializer="glorot",
+                    recurrent_weights_initializer="orthogonal",
+                    bias_initializer="unit-forget-gate"):
+    """Draw initial parameters, by default as MATLAB's ``lstmLayer`` does.
+
+    Input weights (and projections) and recurrent weights are drawn by the
+    named initialisers: "glorot" (Glorot/Xavier uniform), "he" (He normal),
+    "orthogonal", "narrow-normal" (normal with standard deviation 0.01) or
+    "zeros". Biases are "unit-forget-gate" (1 for the forget gate, 0
+    elsewhere, set in ``bias_ih`` only, so that the effective bias is 1),
+    "narrow-normal", "ones" or "zeros", all set in ``bias_ih`` (``bias_hh``
+    starts at zero), so that the effective bias is as named. The output layer is Glorot-uniform with zero bias.
+    Parameters are drawn in the order of ``shapes``, so a seed fixes them all.
 
     Parameters
     ----------
@@ -127,20 +165,32 @@ def init_parameters(shapes, rng, dtype, forget_bias=1.0):
         From :func:`parameter_shapes`.
     rng : numpy.random.RandomState
     dtype : numpy dtype
-    forget_bias : float, default=1.0
+    input_weights_initializer, recurrent_weights_initializer : str
+        Keys of :data:`WEIGHT_INITIALIZERS`.
+    bias_initializer : str
+        One of :data:`BIAS_INITIALIZERS`.
 
     Returns
     -------
     flat : ndarray of shape (n_parameters,)
     """
+    input_init = WEIGHT_INITIALIZERS[input_weights_initializer]
+    recurrent_init = WEIGHT_INITIALIZERS[recurrent_weights_initializer]
     flat = np.zeros(n_parameters(shapes), dtype=dtype)
     views = unflatten(flat, shapes)
     for name, shape in shapes:
         if name.startswith("weight_hh"):
-            views[name][:] = _orthogonal(rng, shape)
-        elif name.startswith("weight_ih") or name == "head.weight":
-            views[name][:] = _glorot_uniform(rng, shape)
+            views[name][:] = recurrent_init(rng, shape)
+        elif name.startswith(("weight_ih", "weight_hr")):
+            views[name][:] = input_init(rng, shape)
+        elif name == "head.weight":
+            views[name][:] = _glorot(rng, shape)
         elif name.startswith("bias_ih"):
             hidden = shape[0] // GATES
-            views[name][_FORGET_GATE * hidden:(_FORGET_GATE + 1) * hidden] = forget_bias
+            if bias_initializer == "unit-forget-gate":
+                views[name][_FORGET_GATE * hidden:(_FORGET_GATE + 1) * hidden] = 1.0
+            elif bias_initializer == "ones":
+                views[name][:] = 1.0
+            elif bias_initializer == "narrow-normal":
+                views[name][:] = _narrow_normal(rng, shape)
     return flat

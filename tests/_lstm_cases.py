@@ -13,33 +13,53 @@ def random_packed_batch(rng, lengths, n_features, dtype):
     return PackedBatch(X, batch_sizes, np.arange(len(lengths), dtype=np.int64))
 
 
-def random_layer(rng, n_features, hidden, batch_size, dtype, scale=0.5):
-    """Weights, bias and initial states of one LSTM direction."""
+def random_layer(rng, n_features, hidden, batch_size, dtype, proj_size=0, scale=0.5):
+    """Weights, bias, projection and initial states of one LSTM direction."""
+    state = proj_size or hidden
+
     def draw(*shape):
         return (scale * rng.standard_normal(shape)).astype(dtype)
-    return dict(W=draw(4 * hidden, n_features), R=draw(4 * hidden, hidden),
-                bias=draw(4 * hidden), h0=draw(batch_size, hidden), c0=draw(batch_size, hidden))
+
+    return dict(W=draw(4 * hidden, n_features), R=draw(4 * hidden, state), bias=draw(4 * hidden),
+                W_proj=draw(proj_size, hidden) if proj_size else np.zeros((0, 0), dtype),
+                h0=draw(batch_size, state), c0=draw(batch_size, hidden))
 
 
-def run_direction(backend, batch, layer, reverse, dH, dh_n, dc_n):
-    """Forward then backward through one direction; every output by name."""
+def _nan(shape, dtype):
+    return np.full(shape, np.nan, dtype)
+
+
+def run_direction(backend, batch, layer, reverse, gate_kind, state_kind, dH, dh_n, dc_n):
+    """Forward then backward through one direction; every output by name.
+
+    Outputs start as NaN, so that anything a kernel fails to write shows.
+    """
     dtype = batch.X.dtype
     n_rows = batch.X.shape[0]
-    batch_size, hidden = layer["h0"].shape
-    H, Hprev, Cprev, TC = (np.full((n_rows, hidden), np.nan, dtype) for _ in range(4))
-    gates = np.full((n_rows, 4 * hidden), np.nan, dtype)
-    h_n, c_n = np.full((batch_size, hidden), np.nan, dtype), np.full((batch_size, hidden), np.nan, dtype)
-    work = np.full((batch_size, 4 * hidden), np.nan, dtype)
-    args = (batch.X, batch.batch_sizes, layer["W"], layer["R"], layer["bias"],
-            layer["h0"], layer["c0"], reverse)
-    backend.forward(*args, H, Hprev, Cprev, TC, gates, h_n, c_n, work)
+    batch_size, state = layer["h0"].shape
+    hidden = layer["c0"].shape[1]
+    project = layer["W_proj"].shape[0] > 0
+    H, Hprev = _nan((n_rows, state), dtype), _nan((n_rows, state), dtype)
+    Cprev, TC = _nan((n_rows, hidden), dtype), _nan((n_rows, hidden), dtype)
+    gates = _nan((n_rows, 4 * hidden), dtype)
+    M = _nan((n_rows, hidden), dtype) if project else layer["W_proj"]
+    h_n, c_n = _nan((batch_size, state), dtype), _nan((batch_size, hidden), dtype)
+    args = (batch.X, batch.batch_sizes, layer["W"], layer["R"], layer["bias"], layer["W_proj"],
+            layer["h0"], layer["c0"], reverse, gate_kind, state_kind)
+    backend.forward(*args, H, Hprev, Cprev, TC, gates, M, h_n, c_n,
+                    _nan((batch_size, 4 * hidden), dtype))
     grads = dict(
         dX=np.full_like(batch.X, np.nan), dW=np.full_like(layer["W"], np.nan),
         dR=np.full_like(layer["R"], np.nan), dbias=np.full_like(layer["bias"], np.nan),
+        dW_proj=np.full_like(layer["W_proj"], np.nan),
         dh0=np.full_like(layer["h0"], np.nan), dc0=np.full_like(layer["c0"], np.nan),
     )
-    dG = np.full((n_rows, 4 * hidden), np.nan, dtype)
-    backend.backward(*args, Hprev, Cprev, TC, gates, dH.astype(dtype), dh_n.astype(dtype),
-                     dc_n.astype(dtype), grads["dX"], grads["dW"], grads["dR"],
-                     grads["dbias"], grads["dh0"], grads["dc0"], dG)
+    backend.backward(
+        *args, Hprev, Cprev, TC, gates, M,
+        dH.astype(dtype), dh_n.astype(dtype), dc_n.astype(dtype),
+        grads["dX"], grads["dW"], grads["dR"], grads["dbias"], grads["dW_proj"],
+        grads["dh0"], grads["dc0"], _nan((n_rows, 4 * hidden), dtype),
+        _nan((n_rows, state), dtype) if project else M,
+        _nan((batch_size, hidden), dtype) if project else M,
+    )
     return dict(H=H, h_n=h_n, c_n=c_n, **grads)

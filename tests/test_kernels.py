@@ -1,4 +1,6 @@
-"""Every backend against the NumPy reference: outputs and every gradient."""
+"""Every compiled backend against the NumPy reference: outputs and every gradient,
+for every kernel variant (direction, activations, projection, ragged lengths,
+initial states), in float32 and float64."""
 
 import numpy as np
 import pytest
@@ -6,6 +8,8 @@ import pytest
 from fastlstm._backends import get_backend
 
 from _lstm_cases import random_layer, random_packed_batch, run_direction
+
+COMPILED_BACKENDS = ["numba"]
 
 # float32 kernels use a rational tanh (error ~3e-7) and float32 arithmetic.
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-9}
@@ -16,43 +20,62 @@ LENGTH_CASES = {
     "single": [6],
     "all-ones": [1, 1, 1, 1],
 }
+# (gate kind, state kind, proj_size)
+VARIANTS = {
+    "sigmoid-tanh": (0, 0, 0),
+    "hard-sigmoid": (1, 0, 0),
+    "softsign": (0, 1, 0),
+    "hard-softsign-proj": (1, 1, 3),
+    "projection": (0, 0, 3),
+}
 
 
 def assert_relative_close(actual, expected, tolerance, name):
+    if expected.size == 0:
+        assert actual.size == 0
+        return
     scale = max(np.abs(expected).max(), 1e-12)
     error = np.abs(actual.astype(np.float64) - expected).max() / scale
     assert error < tolerance, f"{name}: relative error {error:.3g} >= {tolerance}"
 
 
-@pytest.mark.parametrize("backend_name", ["numba"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend_name", COMPILED_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS.keys())
 @pytest.mark.parametrize("lengths", LENGTH_CASES.values(), ids=LENGTH_CASES.keys())
-def test_direction_matches_reference(backend_name, dtype, reverse, lengths):
+def test_direction_matches_reference(backend_name, dtype, reverse, variant, lengths):
+    gate_kind, state_kind, proj_size = variant
+    hidden, state = 5, proj_size or 5
     rng = np.random.default_rng(len(lengths) * 10 + reverse)
     batch64 = random_packed_batch(rng, lengths, n_features=3, dtype=np.float64)
-    layer64 = random_layer(rng, 3, hidden=5, batch_size=len(lengths), dtype=np.float64)
-    dH = rng.standard_normal((batch64.X.shape[0], 5))
-    dh_n, dc_n = rng.standard_normal((2, len(lengths), 5))
-    expected = run_direction(get_backend("reference"), batch64, layer64, reverse, dH, dh_n, dc_n)
+    layer64 = random_layer(rng, 3, hidden, len(lengths), np.float64, proj_size=proj_size)
+    dH = rng.standard_normal((batch64.X.shape[0], state))
+    dh_n = rng.standard_normal((len(lengths), state))
+    dc_n = rng.standard_normal((len(lengths), hidden))
+    expected = run_direction(get_backend("reference"), batch64, layer64, reverse,
+                             gate_kind, state_kind, dH, dh_n, dc_n)
 
     batch = random_packed_batch(rng, lengths, 3, dtype)
     batch.X[:] = batch64.X
     layer = {name: value.astype(dtype) for name, value in layer64.items()}
-    actual = run_direction(get_backend(backend_name), batch, layer, reverse, dH, dh_n, dc_n)
+    actual = run_direction(get_backend(backend_name), batch, layer, reverse,
+                           gate_kind, state_kind, dH, dh_n, dc_n)
     for name in expected:
         assert actual[name].dtype == dtype
         assert_relative_close(actual[name], expected[name], TOLERANCE[dtype], name)
 
 
-def test_kernels_leave_inputs_untouched():
+@pytest.mark.parametrize("backend_name", COMPILED_BACKENDS)
+def test_kernels_leave_inputs_untouched(backend_name):
     rng = np.random.default_rng(0)
     batch = random_packed_batch(rng, [5, 3, 2], 4, np.float32)
-    layer = random_layer(rng, 4, 6, 3, np.float32)
+    layer = random_layer(rng, 4, 6, 3, np.float32, proj_size=2)
     before = {name: value.copy() for name, value in layer.items()}
     X_before = batch.X.copy()
-    dH = rng.standard_normal((batch.X.shape[0], 6))
-    run_direction(get_backend("numba"), batch, layer, True, dH, *rng.standard_normal((2, 3, 6)))
+    dH = rng.standard_normal((batch.X.shape[0], 2))
+    run_direction(get_backend(backend_name), batch, layer, True, 0, 0, dH,
+                  rng.standard_normal((3, 2)), rng.standard_normal((3, 6)))
     np.testing.assert_array_equal(batch.X, X_before)
     for name, value in before.items():
         np.testing.assert_array_equal(layer[name], value)

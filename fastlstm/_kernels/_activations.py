@@ -99,3 +99,81 @@ def _act_sigmoid_impl(x):
         return half + half * act_tanh(half * x)
 
     return sigmoid
+
+
+# Activation choices, passed to the kernels as small integers so that one
+# compiled kernel serves every variant (the branch is loop-invariant, and LLVM
+# hoists it out of the gate loop).
+SIGMOID, HARD_SIGMOID = 0, 1
+TANH, SOFTSIGN = 0, 1
+GATE_ACTIVATIONS = {"sigmoid": SIGMOID, "hard-sigmoid": HARD_SIGMOID}
+STATE_ACTIVATIONS = {"tanh": TANH, "softsign": SOFTSIGN}
+
+
+def gate_activation(x, kind):
+    """Gate activation: sigmoid, or MATLAB's/Keras's hard sigmoid clip(0.2 x + 0.5, 0, 1)."""
+    raise NotImplementedError("only callable from numba-compiled code")
+
+
+def gate_derivative(y, kind):
+    """Derivative of :func:`gate_activation`, from its output ``y``."""
+    raise NotImplementedError("only callable from numba-compiled code")
+
+
+def state_activation(x, kind):
+    """State activation: tanh, or softsign x / (1 + |x|)."""
+    raise NotImplementedError("only callable from numba-compiled code")
+
+
+def state_derivative(y, kind):
+    """Derivative of :func:`state_activation`, from its output ``y``."""
+    raise NotImplementedError("only callable from numba-compiled code")
+
+
+@overload(gate_activation, jit_options=_JIT_OPTIONS)
+def _gate_activation_impl(x, kind):
+    zero, one, slope, half = x(0.0), x(1.0), x(0.2), x(0.5)
+
+    def impl(x, kind):
+        if kind == HARD_SIGMOID:
+            return min(max(slope * x + half, zero), one)
+        return act_sigmoid(x)
+
+    return impl
+
+
+@overload(gate_derivative, jit_options=_JIT_OPTIONS)
+def _gate_derivative_impl(y, kind):
+    zero, one, slope = y(0.0), y(1.0), y(0.2)
+
+    def impl(y, kind):
+        if kind == HARD_SIGMOID:
+            return slope if zero < y < one else zero
+        return y * (one - y)
+
+    return impl
+
+
+@overload(state_activation, jit_options=_JIT_OPTIONS)
+def _state_activation_impl(x, kind):
+    one = x(1.0)
+
+    def impl(x, kind):
+        if kind == SOFTSIGN:
+            return x / (one + abs(x))
+        return act_tanh(x)
+
+    return impl
+
+
+@overload(state_derivative, jit_options=_JIT_OPTIONS)
+def _state_derivative_impl(y, kind):
+    one = y(1.0)
+
+    def impl(y, kind):
+        if kind == SOFTSIGN:
+            # d/dx x / (1 + |x|) = 1 / (1 + |x|)^2 = (1 - |y|)^2
+            return (one - abs(y)) * (one - abs(y))
+        return one - y * y
+
+    return impl

@@ -11,6 +11,10 @@ Layout (shared by every backend, see ``reference.py`` for the plain version):
 - ``reverse=True`` runs the recurrence from each sequence's last step to its
   first; sequence j then starts at its own step T_j - 1, which is where it joins
   the active prefix when the steps are walked backwards.
+- With a projection (``torch.nn.LSTM(proj_size=P)``, MATLAB's
+  ``lstmProjectedLayer``), the hidden state is ``h = W_proj (o * act(c))`` of
+  size P, and ``R`` is (4H, P). Without one, ``W_proj`` has 0 rows and P = H.
+- ``gate_kind`` and ``state_kind`` pick the activations (see ``_activations``).
 
 Speed (see ``../shared/research/FAST_KERNELS.md``): the input projection is one
 GEMM over all steps, each step does one GEMM on its active rows only and one
@@ -24,7 +28,7 @@ Every array, outputs and workspaces included, is allocated by the caller.
 import numpy as np
 from numba import njit
 
-from ._activations import act_sigmoid, act_tanh
+from ._activations import gate_activation, gate_derivative, state_activation, state_derivative
 
 # fastmath lets LLVM vectorise the gate loops; error_model="numpy" removes the
 # division-by-zero checks that would otherwise block SIMD in act_tanh. Both
@@ -35,8 +39,8 @@ _JIT = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
 
 @njit(**_JIT)
 def lstm_forward(
-    X, batch_sizes, W, R, bias, h0, c0, reverse,
-    H, Hprev, Cprev, TC, gates, h_n, c_n, work,
+    X, batch_sizes, W, R, bias, W_proj, h0, c0, reverse, gate_kind, state_kind,
+    H, Hprev, Cprev, TC, gates, M, h_n, c_n, work,
 ):
     """Run one LSTM direction over a packed batch.
 
@@ -48,31 +52,44 @@ def lstm_forward(
         IN. Active rows at each step, non-increasing.
     W : ndarray of shape (4H, I)
         IN. Input weights (gates i, f, g, o).
-    R : ndarray of shape (4H, H)
+    R : ndarray of shape (4H, P)
         IN. Recurrent weights.
     bias : ndarray of shape (4H,)
         IN. Sum of the input and recurrent biases.
-    h0, c0 : ndarray of shape (B, H)
-        IN. Initial states.
+    W_proj : ndarray of shape (P, H), or (0, 0) without projection
+        IN. Projection of the hidden state.
+    h0 : ndarray of shape (B, P)
+        IN. Initial hidden state.
+    c0 : ndarray of shape (B, H)
+        IN. Initial cell state.
     reverse : bool
         IN. Walk the sequences from their ends to their starts.
-    H : ndarray of shape (N, H)
+    gate_kind, state_kind : int
+        IN. Gate and state activations.
+    H : ndarray of shape (N, P)
         OUT. Hidden state after every step (the layer's output).
-    Hprev, Cprev : ndarray of shape (N, H)
-        OUT. Hidden and cell state entering every step (kept for backward).
+    Hprev : ndarray of shape (N, P)
+        OUT. Hidden state entering every step (kept for backward).
+    Cprev : ndarray of shape (N, H)
+        OUT. Cell state entering every step (kept for backward).
     TC : ndarray of shape (N, H)
-        OUT. tanh of the cell state after every step (kept for backward).
+        OUT. State activation of the cell state after every step.
     gates : ndarray of shape (N, 4H)
         OUT. Activated gates i, f, g, o of every step (kept for backward).
-    h_n, c_n : ndarray of shape (B, H)
-        OUT. Each sequence's final state: after its last step, or after its
-        first step when ``reverse``.
+    M : ndarray of shape (N, H), or (0, 0) without projection
+        OUT. Hidden state before projection, ``o * act(c)``.
+    h_n : ndarray of shape (B, P)
+        OUT. Each sequence's final hidden state: after its last step, or after
+        its first step when ``reverse``.
+    c_n : ndarray of shape (B, H)
+        OUT. Each sequence's final cell state.
     work : ndarray of shape (B, 4H)
         Workspace for the recurrent GEMM.
     """
     n_steps = batch_sizes.shape[0]
-    hidden = R.shape[1]
+    hidden = c0.shape[1]
     n_rows = X.shape[0]
+    project = W_proj.shape[0] > 0
     # Hoisted input projection: one GEMM for every step of every sequence.
     np.dot(X, W.T, gates)
     # h_n/c_n double as the running state: a sequence that has finished is
@@ -86,80 +103,96 @@ def lstm_forward(
         if reverse:
             offset -= n_active
         np.dot(h_n[:n_active], R.T, work[:n_active])
+        Hprev[offset:offset + n_active] = h_n[:n_active]
         for r in range(n_active):
             row = offset + r
             g_row = gates[row]
             w_row = work[r]
             h_state = h_n[r]
             c_state = c_n[r]
-            h_prev_row = Hprev[row]
             c_prev_row = Cprev[row]
-            h_row = H[row]
             tc_row = TC[row]
+            # The unprojected hidden state goes straight to the outputs, or
+            # to M for the projection GEMM after the loop.
+            m_row = M[row] if project else H[row]
             # One fused pass: bias, activations, cell and hidden update, and
             # everything backward needs, with no temporaries.
             for k in range(hidden):
-                i_gate = act_sigmoid(g_row[k] + w_row[k] + bias[k])
-                f_gate = act_sigmoid(
-                    g_row[hidden + k] + w_row[hidden + k] + bias[hidden + k]
+                i_gate = gate_activation(g_row[k] + w_row[k] + bias[k], gate_kind)
+                f_gate = gate_activation(
+                    g_row[hidden + k] + w_row[hidden + k] + bias[hidden + k], gate_kind
                 )
-                g_gate = act_tanh(
-                    g_row[2 * hidden + k] + w_row[2 * hidden + k] + bias[2 * hidden + k]
+                g_gate = state_activation(
+                    g_row[2 * hidden + k] + w_row[2 * hidden + k] + bias[2 * hidden + k],
+                    state_kind,
                 )
-                o_gate = act_sigmoid(
-                    g_row[3 * hidden + k] + w_row[3 * hidden + k] + bias[3 * hidden + k]
+                o_gate = gate_activation(
+                    g_row[3 * hidden + k] + w_row[3 * hidden + k] + bias[3 * hidden + k],
+                    gate_kind,
                 )
                 c_prev = c_state[k]
                 c_new = f_gate * c_prev + i_gate * g_gate
-                tanh_c = act_tanh(c_new)
-                h_new = o_gate * tanh_c
-                h_prev_row[k] = h_state[k]
+                act_c = state_activation(c_new, state_kind)
                 c_prev_row[k] = c_prev
                 g_row[k] = i_gate
                 g_row[hidden + k] = f_gate
                 g_row[2 * hidden + k] = g_gate
                 g_row[3 * hidden + k] = o_gate
-                tc_row[k] = tanh_c
+                tc_row[k] = act_c
                 c_state[k] = c_new
-                h_state[k] = h_new
-                h_row[k] = h_new
+                m_row[k] = o_gate * act_c
+            if not project:
+                h_state[:] = m_row
+        if project:
+            np.dot(M[offset:offset + n_active], W_proj.T, h_n[:n_active])
+            H[offset:offset + n_active] = h_n[:n_active]
         if not reverse:
             offset += n_active
 
 
 @njit(**_JIT)
 def lstm_backward(
-    X, batch_sizes, W, R, bias, h0, c0, reverse,
-    Hprev, Cprev, TC, gates, dH, dh_n, dc_n,
-    dX, dW, dR, dbias, dh0, dc0, dG,
+    X, batch_sizes, W, R, bias, W_proj, h0, c0, reverse, gate_kind, state_kind,
+    Hprev, Cprev, TC, gates, M, dH, dh_n, dc_n,
+    dX, dW, dR, dbias, dW_proj, dh0, dc0, dG, dH_total, dM,
 ):
     """Backpropagate through one LSTM direction over a packed batch.
 
     Parameters
     ----------
-    X, batch_sizes, W, R, reverse
+    X, batch_sizes, W, R, W_proj, reverse, gate_kind, state_kind
         IN. As given to :func:`lstm_forward`.
     bias, h0, c0
         Unused: the saved buffers already hold what they determine. They are
         part of the signature so that every backend has the same interface.
-    Hprev, Cprev, TC, gates
+    Hprev, Cprev, TC, gates, M
         IN. As written by :func:`lstm_forward`.
-    dH : ndarray of shape (N, H)
+    dH : ndarray of shape (N, P)
         IN. Gradient of the loss with respect to ``H``.
-    dh_n, dc_n : ndarray of shape (B, H)
-        IN. Gradient with respect to the final states.
+    dh_n : ndarray of shape (B, P)
+        IN. Gradient with respect to the final hidden states.
+    dc_n : ndarray of shape (B, H)
+        IN. Gradient with respect to the final cell states.
     dX : ndarray of shape (N, I)
         OUT. Gradient with respect to ``X``.
-    dW, dR, dbias
-        OUT. Gradients with respect to ``W``, ``R`` and ``bias``.
-    dh0, dc0 : ndarray of shape (B, H)
-        OUT. Gradients with respect to the initial states.
+    dW, dR, dbias, dW_proj
+        OUT. Gradients with respect to ``W``, ``R``, ``bias`` and ``W_proj``
+        (``dW_proj`` has 0 rows without projection).
+    dh0 : ndarray of shape (B, P)
+        OUT. Gradient with respect to the initial hidden state.
+    dc0 : ndarray of shape (B, H)
+        OUT. Gradient with respect to the initial cell state.
     dG : ndarray of shape (N, 4H)
         Workspace: gradients with respect to the gate pre-activations.
+    dH_total : ndarray of shape (N, P), or (0, 0) without projection
+        Workspace: total gradient of every step's hidden state.
+    dM : ndarray of shape (B, H), or (0, 0) without projection
+        Workspace: gradient of one step's unprojected hidden state.
     """
     n_steps = batch_sizes.shape[0]
-    hidden = R.shape[1]
+    hidden = c0.shape[1]
     n_rows = X.shape[0]
+    project = W_proj.shape[0] > 0
     # dh0/dc0 carry the running state gradient; a row keeps dh_n/dc_n until
     # the backward walk reaches the step where that row's final state was made.
     dh0[:] = dh_n
@@ -170,6 +203,10 @@ def lstm_backward(
         n_active = batch_sizes[t]
         if not reverse:
             offset -= n_active
+        if project:
+            for r in range(n_active):
+                dH_total[offset + r] = dh0[r] + dH[offset + r]
+            np.dot(dH_total[offset:offset + n_active], W_proj, dM[:n_active])
         for r in range(n_active):
             row = offset + r
             g_row = gates[row]
@@ -179,19 +216,20 @@ def lstm_backward(
             c_prev_row = Cprev[row]
             dh_state = dh0[r]
             dc_state = dc0[r]
+            dm_row = dM[r] if project else dh_state
             for k in range(hidden):
                 i_gate = g_row[k]
                 f_gate = g_row[hidden + k]
                 g_gate = g_row[2 * hidden + k]
                 o_gate = g_row[3 * hidden + k]
-                tanh_c = tc_row[k]
-                dh = dh_state[k] + dh_out[k]
-                dc = dc_state[k] + dh * o_gate * (1 - tanh_c * tanh_c)
+                act_c = tc_row[k]
+                dm = dm_row[k] if project else dh_state[k] + dh_out[k]
+                dc = dc_state[k] + dm * o_gate * state_derivative(act_c, state_kind)
                 dc_state[k] = dc * f_gate
-                dg_row[k] = dc * g_gate * i_gate * (1 - i_gate)
-                dg_row[hidden + k] = dc * c_prev_row[k] * f_gate * (1 - f_gate)
-                dg_row[2 * hidden + k] = dc * i_gate * (1 - g_gate * g_gate)
-                dg_row[3 * hidden + k] = dh * tanh_c * o_gate * (1 - o_gate)
+                dg_row[k] = dc * g_gate * gate_derivative(i_gate, gate_kind)
+                dg_row[hidden + k] = dc * c_prev_row[k] * gate_derivative(f_gate, gate_kind)
+                dg_row[2 * hidden + k] = dc * i_gate * state_derivative(g_gate, state_kind)
+                dg_row[3 * hidden + k] = dm * act_c * gate_derivative(o_gate, gate_kind)
         # Only the recurrent part of dh is needed inside the loop.
         np.dot(dG[offset:offset + n_active], R, dh0[:n_active])
         if reverse:
@@ -200,6 +238,8 @@ def lstm_backward(
     np.dot(dG.T, X, dW)
     np.dot(dG.T, Hprev, dR)
     np.dot(dG, W, dX)
+    if project:
+        np.dot(dH_total.T, M, dW_proj)
     dbias[:] = 0
     for row in range(n_rows):
         dg_row = dG[row]

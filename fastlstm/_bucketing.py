@@ -79,3 +79,63 @@ def pack_batch(sequences, lengths, order):
     batch_sizes = np.empty(int(batch_lengths[0]), dtype=np.int64)
     batch_sizes_from_lengths(batch_lengths, batch_sizes)
     return PackedBatch(X, batch_sizes, order)
+
+
+# Sequences per shard at most. Shards are the unit of parallel work inside a
+# mini-batch; they are fixed by the batch size alone, never by the number of
+# threads, so that results do not depend on the thread count.
+MAX_SHARD_SIZE = 32
+
+
+def shard_orders(order, max_shard_size=MAX_SHARD_SIZE):
+    """Split one mini-batch into shards of at most ``max_shard_size`` sequences.
+
+    Sequences are dealt round-robin, so every shard gets long and short ones
+    alike and the shards take about the same time; each shard stays sorted
+    longest first.
+
+    Parameters
+    ----------
+    order : ndarray of int64
+        A mini-batch, longest first.
+    max_shard_size : int
+
+    Returns
+    -------
+    shards : list of ndarray of int64
+    """
+    n_shards = -(-len(order) // max_shard_size)
+    return [np.ascontiguousarray(order[start::n_shards]) for start in range(n_shards)]
+
+
+def time_chunks(batch, chunk_length):
+    """Cut a packed batch into consecutive chunks of ``chunk_length`` steps.
+
+    Because the layout is time-major, a chunk is a contiguous block of rows,
+    and the sequences active in it are a prefix of the batch.
+
+    Parameters
+    ----------
+    batch : PackedBatch
+    chunk_length : int or None
+        None returns the whole batch as a single chunk.
+
+    Returns
+    -------
+    chunks : list of (PackedBatch, int)
+        Each chunk and the number of its sequences that go on into the next
+        chunk (those are its first rows; the others end inside it).
+    """
+    n_steps = len(batch.batch_sizes)
+    if chunk_length is None or chunk_length >= n_steps:
+        return [(batch, 0)]
+    offsets = np.concatenate([[0], np.cumsum(batch.batch_sizes)])
+    chunks = []
+    for start in range(0, n_steps, chunk_length):
+        stop = min(start + chunk_length, n_steps)
+        n_active = int(batch.batch_sizes[start])
+        chunk = PackedBatch(batch.X[offsets[start]:offsets[stop]],
+                            batch.batch_sizes[start:stop], batch.order[:n_active])
+        n_continuing = int(batch.batch_sizes[stop]) if stop < n_steps else 0
+        chunks.append((chunk, n_continuing))
+    return chunks

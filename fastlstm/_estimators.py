@@ -6,6 +6,7 @@ assigned once a fit has succeeded, so a failed fit leaves an earlier model
 intact.
 """
 
+import warnings
 from abc import ABC, abstractmethod
 from numbers import Integral, Real
 
@@ -17,12 +18,20 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from ._backends import BACKEND_NAMES, get_backend
+from ._kernels._activations import GATE_ACTIVATIONS, STATE_ACTIVATIONS
 from ._losses import cross_entropy, mean_squared_error, softmax
 from ._network import NetworkShape
 from ._optim import CLIP_METHODS, OPTIMIZERS
-from ._trainer import TrainingOptions, predict_outputs, train
+from ._trainer import TrainingOptions, effective_n_threads, predict_outputs, train
 from ._validation import check_sequences
-from ._weights import flatten, init_parameters, parameter_shapes, unflatten
+from ._weights import (
+    BIAS_INITIALIZERS,
+    WEIGHT_INITIALIZERS,
+    flatten,
+    init_parameters,
+    parameter_shapes,
+    unflatten,
+)
 
 
 class BaseLSTM(BaseEstimator, ABC):
@@ -35,7 +44,14 @@ class BaseLSTM(BaseEstimator, ABC):
         "hidden_size": [Interval(Integral, 1, None, closed="left")],
         "num_layers": [Interval(Integral, 1, None, closed="left")],
         "bidirectional": ["boolean"],
+        "proj_size": [Interval(Integral, 0, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
+        "gate_activation": [StrOptions(set(GATE_ACTIVATIONS))],
+        "state_activation": [StrOptions(set(STATE_ACTIVATIONS))],
+        "input_weights_initializer": [StrOptions(set(WEIGHT_INITIALIZERS))],
+        "recurrent_weights_initializer": [StrOptions(set(WEIGHT_INITIALIZERS))],
+        "bias_initializer": [StrOptions(set(BIAS_INITIALIZERS))],
+        "sequence_length": [StrOptions({"longest"}), Interval(Integral, 1, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
@@ -46,35 +62,50 @@ class BaseLSTM(BaseEstimator, ABC):
         "shuffle": [StrOptions({"every-epoch", "once", "never"})],
         "backend": [StrOptions(set(BACKEND_NAMES))],
         "dtype": [StrOptions({"float32", "float64"})],
+        "n_jobs": [Integral, None],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
 
-    @abstractmethod
     def __init__(
         self,
         *,
-        hidden_size,
-        num_layers,
-        bidirectional,
-        dropout,
-        max_epochs,
-        batch_size,
-        learning_rate,
-        optimizer,
-        momentum,
-        gradient_threshold,
-        gradient_threshold_method,
-        shuffle,
-        backend,
-        dtype,
-        random_state,
-        verbose,
+        hidden_size=100,
+        num_layers=1,
+        bidirectional=False,
+        proj_size=0,
+        dropout=0.0,
+        gate_activation="sigmoid",
+        state_activation="tanh",
+        input_weights_initializer="glorot",
+        recurrent_weights_initializer="orthogonal",
+        bias_initializer="unit-forget-gate",
+        sequence_length="longest",
+        max_epochs=30,
+        batch_size=32,
+        learning_rate=1e-3,
+        optimizer="adam",
+        momentum=0.9,
+        gradient_threshold=None,
+        gradient_threshold_method="l2norm",
+        shuffle="every-epoch",
+        backend="auto",
+        dtype="float32",
+        n_jobs=None,
+        random_state=None,
+        verbose=0,
     ):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.bidirectional = bidirectional
+        self.proj_size = proj_size
         self.dropout = dropout
+        self.gate_activation = gate_activation
+        self.state_activation = state_activation
+        self.input_weights_initializer = input_weights_initializer
+        self.recurrent_weights_initializer = recurrent_weights_initializer
+        self.bias_initializer = bias_initializer
+        self.sequence_length = sequence_length
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
@@ -85,6 +116,7 @@ class BaseLSTM(BaseEstimator, ABC):
         self.shuffle = shuffle
         self.backend = backend
         self.dtype = dtype
+        self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
 
@@ -101,7 +133,36 @@ class BaseLSTM(BaseEstimator, ABC):
     # -- fitting ---------------------------------------------------------------
 
     def _network_shape(self):
-        return NetworkShape(self.hidden_size, self.num_layers, bool(self.bidirectional))
+        return NetworkShape(
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            bidirectional=bool(self.bidirectional),
+            proj_size=self.proj_size,
+            gate_kind=GATE_ACTIVATIONS[self.gate_activation],
+            state_kind=STATE_ACTIVATIONS[self.state_activation],
+        )
+
+    def _parameter_shapes(self, n_features, n_outputs):
+        return parameter_shapes(n_features, self.hidden_size, self.num_layers,
+                                bool(self.bidirectional), n_outputs, self.proj_size)
+
+    def _check_parameter_combinations(self):
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(
+                f"proj_size must be smaller than hidden_size (as in torch.nn.LSTM); got "
+                f"proj_size={self.proj_size} and hidden_size={self.hidden_size}."
+            )
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn(
+                f"dropout={self.dropout} has no effect with num_layers=1: dropout acts "
+                "between stacked layers (as in torch.nn.LSTM).", UserWarning, stacklevel=3,
+            )
+        if self.sequence_length != "longest" and self.bidirectional:
+            raise ValueError(
+                "sequence_length as an integer (truncated backpropagation through time) "
+                "needs bidirectional=False: the reverse direction of a chunk would need "
+                "the state of the chunk after it."
+            )
 
     def fit(self, X, y):
         """Train the network on sequences X with targets y.
@@ -121,16 +182,20 @@ class BaseLSTM(BaseEstimator, ABC):
             The fitted estimator.
         """
         self._validate_params()
+        self._check_parameter_combinations()
         dtype = np.dtype(self.dtype)
         sequences, lengths = check_sequences(X, dtype=dtype)
         targets, n_outputs, target_attributes = self._encode_targets(y, len(sequences))
         backend = get_backend(self.backend)
         rng = check_random_state(self.random_state)
         n_features = sequences[0].shape[1]
-        net_shape = self._network_shape()
-        shapes = parameter_shapes(n_features, self.hidden_size, self.num_layers,
-                                  net_shape.bidirectional, n_outputs)
-        flat_params = init_parameters(shapes, rng, dtype)
+        shapes = self._parameter_shapes(n_features, n_outputs)
+        flat_params = init_parameters(
+            shapes, rng, dtype,
+            input_weights_initializer=self.input_weights_initializer,
+            recurrent_weights_initializer=self.recurrent_weights_initializer,
+            bias_initializer=self.bias_initializer,
+        )
         options = TrainingOptions(
             max_epochs=self.max_epochs,
             batch_size=self.batch_size,
@@ -141,10 +206,12 @@ class BaseLSTM(BaseEstimator, ABC):
             gradient_threshold_method=self.gradient_threshold_method,
             shuffle=self.shuffle,
             dropout=float(self.dropout),
+            sequence_length=None if self.sequence_length == "longest" else self.sequence_length,
+            n_threads=effective_n_threads(self.n_jobs),
             verbose=int(self.verbose),
         )
-        history = train(flat_params, shapes, net_shape, sequences, lengths, targets,
-                        self._loss(), options, rng, backend)
+        history = train(flat_params, shapes, self._network_shape(), sequences, lengths,
+                        targets, self._loss(), options, rng, backend)
 
         # Only now, with training done, does the estimator change.
         for name, value in target_attributes.items():
@@ -153,6 +220,7 @@ class BaseLSTM(BaseEstimator, ABC):
         self.weights_ = {
             name: view.copy() for name, view in unflatten(flat_params, shapes).items()
         }
+        self.backend_ = backend.name
         self.history_ = history
         self.n_iter_ = len(history)
         return self
@@ -164,13 +232,10 @@ class BaseLSTM(BaseEstimator, ABC):
         check_is_fitted(self)
         dtype = np.dtype(self.dtype)
         sequences, lengths = check_sequences(X, dtype=dtype, n_features=self.n_features_in_)
-        net_shape = self._network_shape()
-        n_outputs = self.weights_["head.bias"].shape[0]
-        shapes = parameter_shapes(self.n_features_in_, self.hidden_size, self.num_layers,
-                                  net_shape.bidirectional, n_outputs)
+        shapes = self._parameter_shapes(self.n_features_in_, self.weights_["head.bias"].shape[0])
         flat_params = flatten(self.weights_, shapes, dtype)
-        return predict_outputs(flat_params, shapes, net_shape, sequences, lengths,
-                               get_backend(self.backend))
+        return predict_outputs(flat_params, shapes, self._network_shape(), sequences, lengths,
+                               get_backend(self.backend), effective_n_threads(self.n_jobs))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -202,8 +267,33 @@ class LSTMClassifier(ClassifierMixin, BaseLSTM):
         Stacked LSTM layers.
     bidirectional : bool, default=False
         Run every layer in both time directions and concatenate the outputs.
+    proj_size : int, default=0
+        Project each layer's hidden state to this size (``torch.nn.LSTM``'s
+        ``proj_size``, MATLAB's ``lstmProjectedLayer``); 0 for no projection.
+        Must be smaller than ``hidden_size``.
     dropout : float, default=0.0
         Dropout probability on the outputs of every layer but the last.
+    gate_activation : {"sigmoid", "hard-sigmoid"}, default="sigmoid"
+        Activation of the input, forget and output gates; the hard sigmoid is
+        MATLAB's and Keras's clip(0.2 x + 0.5, 0, 1).
+    state_activation : {"tanh", "softsign"}, default="tanh"
+        Activation of the cell candidate and of the cell state.
+    input_weights_initializer : {"glorot", "he", "orthogonal", "narrow-normal", \
+"zeros"}, default="glorot"
+        Initialiser of the input weights (and projections), with MATLAB's names.
+    recurrent_weights_initializer : {"glorot", "he", "orthogonal", \
+"narrow-normal", "zeros"}, default="orthogonal"
+        Initialiser of the recurrent weights.
+    bias_initializer : {"unit-forget-gate", "narrow-normal", "ones", "zeros"}, \
+default="unit-forget-gate"
+        "unit-forget-gate" starts the forget gate's bias at 1, the others at 0.
+    sequence_length : "longest" or int, default="longest"
+        "longest" backpropagates through whole sequences. An integer cuts the
+        sequences of each mini-batch into chunks of that many steps, processed
+        in order with the state carried from chunk to chunk and gradients
+        stopped at chunk boundaries (truncated backpropagation through time,
+        MATLAB's semantics): memory then grows with the chunk, not the
+        sequence. Needs ``bidirectional=False``.
     max_epochs : int, default=30
         Passes over the training data.
     batch_size : int, default=32
@@ -216,15 +306,27 @@ class LSTMClassifier(ClassifierMixin, BaseLSTM):
         Momentum of "sgdm".
     gradient_threshold : float or None, default=None
         Clip gradients above this threshold; None disables clipping.
-    gradient_threshold_method : {"l2norm", "global-l2norm", "absolute-value"}, default="l2norm"
+    gradient_threshold_method : {"l2norm", "global-l2norm", "absolute-value"}, \
+default="l2norm"
         How to clip (MATLAB's methods): each parameter tensor's L2 norm, the
         L2 norm of all gradients together, or each element.
     shuffle : {"every-epoch", "once", "never"}, default="every-epoch"
         When to shuffle the order of the length-sorted mini-batches.
-    backend : {"auto", "numba", "reference"}, default="auto"
-        Compute kernels; "reference" is the slow NumPy oracle, for testing.
+    backend : {"auto", "numba", "cython", "reference"}, default="auto"
+        Compute kernels. "auto" uses numba once its compiled kernels are in
+        numba's cache, and the ahead-of-time compiled Cython kernels (while
+        numba compiles in the background) before that; it is decided once per
+        process. "reference" is the slow NumPy oracle, for testing. The two
+        compiled backends agree to about 1e-6 in float32, not to the bit: pin
+        one for bit-for-bit reproducibility across processes.
     dtype : {"float32", "float64"}, default="float32"
         Precision of parameters and computation.
+    n_jobs : int or None, default=None
+        Threads for the two directions of a layer and the shards of a
+        mini-batch. None uses every available core, but no more than a
+        joblib or dask worker is allotted; -1 all cores. The model does not
+        depend on it: the same ``random_state`` gives the same weights with
+        any number of threads.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, batch order and dropout.
     verbose : int, default=0
@@ -241,6 +343,8 @@ class LSTMClassifier(ClassifierMixin, BaseLSTM):
         (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``,
         ``..._reverse``; gates i, f, g, o) plus ``head.weight`` and
         ``head.bias`` (logits = features @ head.weight.T + head.bias).
+    backend_ : str
+        The backend that trained the model (what "auto" resolved to).
     history_ : list of dict
         Per epoch: ``epoch``, ``loss``, ``learning_rate``, ``seconds``.
     n_iter_ : int
@@ -255,45 +359,6 @@ class LSTMClassifier(ClassifierMixin, BaseLSTM):
     >>> clf.predict(X_test[:3]).shape
     (3,)
     """
-
-    def __init__(
-        self,
-        *,
-        hidden_size=100,
-        num_layers=1,
-        bidirectional=False,
-        dropout=0.0,
-        max_epochs=30,
-        batch_size=32,
-        learning_rate=1e-3,
-        optimizer="adam",
-        momentum=0.9,
-        gradient_threshold=None,
-        gradient_threshold_method="l2norm",
-        shuffle="every-epoch",
-        backend="auto",
-        dtype="float32",
-        random_state=None,
-        verbose=0,
-    ):
-        super().__init__(
-            hidden_size=hidden_size,
-            num_layers=num_layers,
-            bidirectional=bidirectional,
-            dropout=dropout,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            optimizer=optimizer,
-            momentum=momentum,
-            gradient_threshold=gradient_threshold,
-            gradient_threshold_method=gradient_threshold_method,
-            shuffle=shuffle,
-            backend=backend,
-            dtype=dtype,
-            random_state=random_state,
-            verbose=verbose,
-        )
 
     def _encode_targets(self, y, n_sequences):
         y = column_or_1d(np.asarray(y), warn=True)
@@ -348,9 +413,11 @@ class LSTMRegressor(RegressorMixin, BaseLSTM):
 
     Parameters
     ----------
-    hidden_size, num_layers, bidirectional, dropout, max_epochs, batch_size, \
-learning_rate, optimizer, momentum, gradient_threshold, gradient_threshold_method, \
-shuffle, backend, dtype, random_state, verbose
+    hidden_size, num_layers, bidirectional, proj_size, dropout, gate_activation, \
+state_activation, input_weights_initializer, recurrent_weights_initializer, \
+bias_initializer, sequence_length, max_epochs, batch_size, learning_rate, optimizer, \
+momentum, gradient_threshold, gradient_threshold_method, shuffle, backend, dtype, \
+n_jobs, random_state, verbose
         As for :class:`LSTMClassifier`.
 
     Attributes
@@ -361,50 +428,13 @@ shuffle, backend, dtype, random_state, verbose
         Features per time step.
     weights_ : dict of str to ndarray
         As for :class:`LSTMClassifier`; ``head`` maps to the outputs.
+    backend_ : str
+        The backend that trained the model (what "auto" resolved to).
     history_ : list of dict
         Per epoch: ``epoch``, ``loss``, ``learning_rate``, ``seconds``.
     n_iter_ : int
         Epochs run.
     """
-
-    def __init__(
-        self,
-        *,
-        hidden_size=100,
-        num_layers=1,
-        bidirectional=False,
-        dropout=0.0,
-        max_epochs=30,
-        batch_size=32,
-        learning_rate=1e-3,
-        optimizer="adam",
-        momentum=0.9,
-        gradient_threshold=None,
-        gradient_threshold_method="l2norm",
-        shuffle="every-epoch",
-        backend="auto",
-        dtype="float32",
-        random_state=None,
-        verbose=0,
-    ):
-        super().__init__(
-            hidden_size=hidden_size,
-            num_layers=num_layers,
-            bidirectional=bidirectional,
-            dropout=dropout,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            optimizer=optimizer,
-            momentum=momentum,
-            gradient_threshold=gradient_threshold,
-            gradient_threshold_method=gradient_threshold_method,
-            shuffle=shuffle,
-            backend=backend,
-            dtype=dtype,
-            random_state=random_state,
-            verbose=verbose,
-        )
 
     def _encode_targets(self, y, n_sequences):
         y = np.asarray(y)

@@ -9,7 +9,7 @@ from fastlstm._backends import get_backend
 
 from _lstm_cases import random_layer, random_packed_batch, run_direction
 
-COMPILED_BACKENDS = ["numba"]
+COMPILED_BACKENDS = ["numba", "cython"]
 
 # float32 kernels use a rational tanh (error ~3e-7) and float32 arithmetic.
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-9}

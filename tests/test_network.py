@@ -1,5 +1,6 @@
-"""Stacked and bidirectional networks: numba against the reference, and the
-reference against central finite differences."""
+"""Stacked and bidirectional networks: the reference against central finite
+differences, and every compiled backend against the reference, for every
+variant (directions, layers, projection, activations, initial states, shards)."""
 
 import numpy as np
 import pytest
@@ -10,107 +11,170 @@ from fastlstm._weights import init_parameters, parameter_shapes, unflatten
 
 from _lstm_cases import random_packed_batch
 
-SHAPES = [
-    NetworkShape(hidden_size=4, num_layers=1, bidirectional=False),
-    NetworkShape(hidden_size=4, num_layers=1, bidirectional=True),
-    NetworkShape(hidden_size=3, num_layers=2, bidirectional=False),
-    NetworkShape(hidden_size=3, num_layers=2, bidirectional=True),
-]
-SHAPE_IDS = ["uni-1", "bi-1", "uni-2", "bi-2"]
-LENGTHS = [6, 2, 4, 4, 1]
+COMPILED_BACKENDS = ["numba", "cython"]
+
+SHAPES = {
+    "uni-1": NetworkShape(hidden_size=4, num_layers=1, bidirectional=False),
+    "bi-1": NetworkShape(hidden_size=4, num_layers=1, bidirectional=True),
+    "uni-2": NetworkShape(hidden_size=3, num_layers=2, bidirectional=False),
+    "bi-2": NetworkShape(hidden_size=3, num_layers=2, bidirectional=True),
+    "bi-2-proj": NetworkShape(hidden_size=4, num_layers=2, bidirectional=True, proj_size=2),
+    "uni-1-hard-softsign": NetworkShape(hidden_size=4, num_layers=1, bidirectional=False,
+                                        gate_kind=1, state_kind=1),
+    "bi-2-proj-hard-softsign": NetworkShape(hidden_size=3, num_layers=2, bidirectional=True,
+                                            proj_size=2, gate_kind=1, state_kind=1),
+}
+SHARD_LENGTHS = [[6, 2, 4, 4, 1], [5, 3, 3]]
 N_FEATURES = 3
 
 
 def make_problem(shape, dtype, seed=0):
+    """Two shards, random parameters, initial states, output gradients and masks."""
     rng = np.random.default_rng(seed)
-    batch = random_packed_batch(rng, LENGTHS, N_FEATURES, dtype)
+    shards = [random_packed_batch(rng, lengths, N_FEATURES, dtype) for lengths in SHARD_LENGTHS]
     shapes = parameter_shapes(N_FEATURES, shape.hidden_size, shape.num_layers,
-                              shape.bidirectional, n_outputs=1)
+                              shape.bidirectional, n_outputs=1, proj_size=shape.proj_size)
     flat = init_parameters(shapes, np.random.RandomState(seed), dtype)
     # Random biases too, so that no gradient is trivially zero.
     flat += (0.3 * rng.standard_normal(flat.shape)).astype(dtype)
-    d_outputs = rng.standard_normal((batch.X.shape[0], shape.n_features_out))
-    d_final = rng.standard_normal((batch.size, shape.n_features_out))
+    n_stack = shape.num_layers * shape.n_directions
+    h0 = [(0.5 * rng.standard_normal((n_stack, s.size, shape.state_size))).astype(dtype) for s in shards]
+    c0 = [(0.5 * rng.standard_normal((n_stack, s.size, shape.hidden_size))).astype(dtype) for s in shards]
+    d_outputs = [rng.standard_normal((s.X.shape[0], shape.n_features_out)) for s in shards]
+    d_final = [rng.standard_normal((s.size, shape.n_features_out)) for s in shards]
     masks = None
     if shape.num_layers > 1:
-        masks = [(rng.uniform(size=(batch.X.shape[0], shape.n_features_out)) < 0.7).astype(dtype) / dtype(0.7)]
-    return batch, shapes, flat, d_outputs, d_final, masks
+        masks = [[(rng.uniform(size=(s.X.shape[0], shape.n_features_out)) < 0.7).astype(dtype)
+                  / dtype(0.7)] for s in shards]
+    return dict(shards=shards, shapes=shapes, flat=flat, h0=h0, c0=c0, d_outputs=d_outputs,
+                d_final=d_final, masks=masks)
 
 
-def objective(flat, shapes, shape, batch, backend, d_outputs, d_final, masks):
+def objective(problem, shape, backend):
     """A scalar that depends on every output: <outputs, A> + <final_hidden, B>."""
-    result = network_forward(unflatten(flat, shapes), shape, batch, backend, masks)
-    return float(np.sum(result.outputs * d_outputs) + np.sum(result.final_hidden * d_final))
+    results = network_forward(unflatten(problem["flat"], problem["shapes"]), shape,
+                              problem["shards"], backend, dropout_masks=problem["masks"],
+                              h0=problem["h0"], c0=problem["c0"])
+    return float(sum(np.sum(r.outputs * d) + np.sum(r.final_hidden * f)
+                     for r, d, f in zip(results, problem["d_outputs"], problem["d_final"])))
 
 
-def gradients(flat, shapes, shape, batch, backend, d_outputs, d_final, masks):
+def gradients(problem, shape, backend, executor=None):
+    flat, shapes, dtype = problem["flat"], problem["shapes"], problem["flat"].dtype
     params = unflatten(flat, shapes)
-    flat_grads = np.zeros_like(flat)
-    grads = unflatten(flat_grads, shapes)
-    result = network_forward(params, shape, batch, backend, masks)
-    d_inputs = network_backward(params, grads, shape, batch, backend, result,
-                                d_outputs=d_outputs.astype(flat.dtype),
-                                d_final_hidden=d_final.astype(flat.dtype), dropout_masks=masks)
-    return result, flat_grads, d_inputs
+    shard_flat = [np.zeros_like(flat) for _ in problem["shards"]]
+    results = network_forward(params, shape, problem["shards"], backend,
+                              dropout_masks=problem["masks"], h0=problem["h0"], c0=problem["c0"],
+                              executor=executor)
+    backward = network_backward(
+        params, [unflatten(g, shapes) for g in shard_flat], shape, problem["shards"], backend,
+        results, d_outputs=[d.astype(dtype) for d in problem["d_outputs"]],
+        d_final_hidden=[f.astype(dtype) for f in problem["d_final"]],
+        dropout_masks=problem["masks"], executor=executor,
+    )
+    return results, sum(shard_flat), backward
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def n_recurrent(shapes):
+    """Parameters before the output layer (head.* is not part of the network)."""
+    return sum(int(np.prod(s)) for name, s in shapes if not name.startswith("head"))
+
+
+def central_difference(problem, shape, backend, array, index, step=1e-6):
+    original = array[index]
+    array[index] = original + step
+    plus = objective(problem, shape, backend)
+    array[index] = original - step
+    minus = objective(problem, shape, backend)
+    array[index] = original
+    return (plus - minus) / (2 * step)
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 def test_reference_matches_finite_differences(shape):
-    batch, shapes, flat, d_outputs, d_final, masks = make_problem(shape, np.float64)
+    problem = make_problem(shape, np.float64)
     backend = get_backend("reference")
-    _, flat_grads, d_inputs = gradients(flat, shapes, shape, batch, backend, d_outputs, d_final, masks)
-    # head.* do not enter the recurrent network: their gradient is not set here.
-    n_recurrent = flat.size - sum(int(np.prod(s)) for name, s in shapes if name.startswith("head"))
-    step = 1e-6
-    numeric = np.empty(n_recurrent)
-    for index in range(n_recurrent):
-        plus, minus = flat.copy(), flat.copy()
-        plus[index] += step
-        minus[index] -= step
-        numeric[index] = (
-            objective(plus, shapes, shape, batch, backend, d_outputs, d_final, masks)
-            - objective(minus, shapes, shape, batch, backend, d_outputs, d_final, masks)
-        ) / (2 * step)
-    np.testing.assert_allclose(flat_grads[:n_recurrent], numeric, rtol=1e-6, atol=1e-8)
-
-    # And with respect to the inputs.
-    numeric_inputs = np.empty_like(batch.X)
-    X = batch.X
-    for index in np.ndindex(X.shape):
-        original = X[index]
-        X[index] = original + step
-        plus = objective(flat, shapes, shape, batch, backend, d_outputs, d_final, masks)
-        X[index] = original - step
-        minus = objective(flat, shapes, shape, batch, backend, d_outputs, d_final, masks)
-        X[index] = original
-        numeric_inputs[index] = (plus - minus) / (2 * step)
-    np.testing.assert_allclose(d_inputs, numeric_inputs, rtol=1e-6, atol=1e-8)
+    _, flat_grads, backward = gradients(problem, shape, backend)
+    flat = problem["flat"]
+    numeric = [central_difference(problem, shape, backend, flat, (i,))
+               for i in range(n_recurrent(problem["shapes"]))]
+    np.testing.assert_allclose(flat_grads[:len(numeric)], numeric, rtol=1e-6, atol=1e-8)
+    # Inputs and initial states, shard by shard.
+    for s, shard in enumerate(problem["shards"]):
+        for array, analytic in [(shard.X, backward[s].d_inputs),
+                                (problem["h0"][s], backward[s].d_h0),
+                                (problem["c0"][s], backward[s].d_c0)]:
+            numeric = np.array([central_difference(problem, shape, backend, array, index)
+                                for index in np.ndindex(array.shape)]).reshape(array.shape)
+            np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("dtype, tolerance", [(np.float32, 1e-5), (np.float64, 1e-9)])
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-def test_numba_network_matches_reference(shape, dtype, tolerance):
-    batch64, shapes, flat64, d_outputs, d_final, masks64 = make_problem(shape, np.float64, seed=3)
-    expected, expected_grads, expected_d_inputs = gradients(
-        flat64, shapes, shape, batch64, get_backend("reference"), d_outputs, d_final, masks64)
+@pytest.mark.parametrize("backend_name", COMPILED_BACKENDS)
+@pytest.mark.parametrize("dtype, tolerance", [(np.float32, 1e-5), (np.float64, 1e-9)],
+                         ids=["float32", "float64"])
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_backend_network_matches_reference(shape, dtype, tolerance, backend_name):
+    expected_problem = make_problem(shape, np.float64, seed=3)
+    expected, expected_grads, expected_backward = gradients(
+        expected_problem, shape, get_backend("reference"))
 
-    batch, _, flat, _, _, masks = make_problem(shape, dtype, seed=3)
-    batch.X[:] = batch64.X
-    flat[:] = flat64
-    if masks is not None:
-        masks[0][:] = masks64[0]
-    actual, actual_grads, actual_d_inputs = gradients(
-        flat, shapes, shape, batch, get_backend("numba"), d_outputs, d_final, masks)
+    problem = make_problem(shape, dtype, seed=3)
+    for key in ("flat",):
+        problem[key][:] = expected_problem[key]
+    for s in range(len(problem["shards"])):
+        problem["shards"][s].X[:] = expected_problem["shards"][s].X
+        problem["h0"][s][:] = expected_problem["h0"][s]
+        problem["c0"][s][:] = expected_problem["c0"][s]
+        if problem["masks"] is not None:
+            problem["masks"][s][0][:] = expected_problem["masks"][s][0]
+    actual, actual_grads, actual_backward = gradients(problem, shape, get_backend(backend_name))
 
     def check(name, got, want):
         scale = max(np.abs(want).max(), 1e-12)
         error = np.abs(got.astype(np.float64) - want).max() / scale
         assert error < tolerance, f"{name}: relative error {error:.3g}"
 
-    check("outputs", actual.outputs, expected.outputs)
-    check("final_hidden", actual.final_hidden, expected.final_hidden)
-    check("d_inputs", actual_d_inputs, expected_d_inputs)
-    actual_views, expected_views = unflatten(actual_grads, shapes), unflatten(expected_grads, shapes)
-    for name, _ in shapes:
+    for s in range(len(problem["shards"])):
+        check("outputs", actual[s].outputs, expected[s].outputs)
+        check("h_n", actual[s].h_n, expected[s].h_n)
+        check("c_n", actual[s].c_n, expected[s].c_n)
+        check("d_inputs", actual_backward[s].d_inputs, expected_backward[s].d_inputs)
+        check("d_h0", actual_backward[s].d_h0, expected_backward[s].d_h0)
+        check("d_c0", actual_backward[s].d_c0, expected_backward[s].d_c0)
+    actual_views = unflatten(actual_grads, problem["shapes"])
+    expected_views = unflatten(expected_grads, problem["shapes"])
+    for name, _ in problem["shapes"]:
         if not name.startswith("head"):
             check(name, actual_views[name], expected_views[name])
+
+
+@pytest.mark.parametrize("shape", [SHAPES["bi-2"], SHAPES["bi-2-proj"]], ids=["bi-2", "bi-2-proj"])
+def test_parallel_tasks_give_identical_results(shape):
+    from concurrent.futures import ThreadPoolExecutor
+
+    problem = make_problem(shape, np.float32)
+    serial, serial_grads, serial_backward = gradients(problem, shape, get_backend("numba"))
+    with ThreadPoolExecutor(2) as executor:
+        parallel, parallel_grads, parallel_backward = gradients(
+            problem, shape, get_backend("numba"), executor)
+    np.testing.assert_array_equal(serial_grads, parallel_grads)
+    for s in range(len(serial)):
+        np.testing.assert_array_equal(serial[s].outputs, parallel[s].outputs)
+        np.testing.assert_array_equal(serial_backward[s].d_inputs, parallel_backward[s].d_inputs)
+
+
+def test_final_states_are_read_at_each_sequence_end():
+    """h_n of the forward direction equals the output at the sequence's last step,
+    and the reverse direction's equals its output at step 0."""
+    shape = SHAPES["bi-1"]
+    problem = make_problem(shape, np.float64)
+    results = network_forward(unflatten(problem["flat"], problem["shapes"]), shape,
+                              problem["shards"], get_backend("numba"))
+    shard, result = problem["shards"][0], results[0]
+    offsets = np.concatenate([[0], np.cumsum(shard.batch_sizes)])
+    hidden = shape.hidden_size
+    for j in range(shard.size):
+        length = int(np.sum(shard.batch_sizes > j))
+        last_row, first_row = offsets[length - 1] + j, offsets[0] + j
+        np.testing.assert_array_equal(result.h_n[0, j], result.outputs[last_row, :hidden])
+        np.testing.assert_array_equal(result.h_n[1, j], result.outputs[first_row, hidden:])

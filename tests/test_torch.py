@@ -19,21 +19,27 @@ N_FEATURES = 3
 
 def torch_lstm(params, shape):
     lstm = torch.nn.LSTM(N_FEATURES, shape.hidden_size, num_layers=shape.num_layers,
-                         bidirectional=shape.bidirectional).double()
+                         bidirectional=shape.bidirectional, proj_size=shape.proj_size).double()
     lstm.load_state_dict({name: torch.tensor(params[name], dtype=torch.float64)
                           for name in lstm.state_dict()})
     return lstm
 
 
-@pytest.mark.parametrize("dtype, tolerance", [(np.float32, 1e-5), (np.float64, 1e-9)])
+@pytest.mark.parametrize("backend_name", ["numba", "cython"])
+@pytest.mark.parametrize("dtype, tolerance", [(np.float32, 1e-5), (np.float64, 1e-9)],
+                         ids=["float32", "float64"])
+@pytest.mark.parametrize("proj_size", [0, 3], ids=["plain", "proj"])
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-def test_network_matches_torch(bidirectional, num_layers, dtype, tolerance):
+def test_network_matches_torch(bidirectional, num_layers, proj_size, dtype, tolerance,
+                               backend_name):
     rng = np.random.default_rng(0)
-    shape = NetworkShape(hidden_size=5, num_layers=num_layers, bidirectional=bidirectional)
+    shape = NetworkShape(hidden_size=5, num_layers=num_layers, bidirectional=bidirectional,
+                         proj_size=proj_size)
     sequences = [rng.standard_normal((n, N_FEATURES)) for n in (4, 9, 1, 6, 6)]
     lengths = np.array([len(seq) for seq in sequences], dtype=np.int64)
-    shapes = parameter_shapes(N_FEATURES, 5, num_layers, bidirectional, n_outputs=1)
+    shapes = parameter_shapes(N_FEATURES, 5, num_layers, bidirectional, n_outputs=1,
+                              proj_size=proj_size)
     flat = init_parameters(shapes, np.random.RandomState(0), np.float64)
     flat += 0.3 * rng.standard_normal(flat.size)
     params = unflatten(flat, shapes)
@@ -61,12 +67,14 @@ def test_network_matches_torch(bidirectional, num_layers, dtype, tolerance):
     typed_params = unflatten(typed_flat, shapes)
     grads_flat = np.zeros_like(typed_flat)
     grads = unflatten(grads_flat, shapes)
-    backend = get_backend("numba")
-    result = network_forward(typed_params, shape, batch, backend)
+    backend = get_backend(backend_name)
+    (result,) = network_forward(typed_params, shape, [batch], backend)
     packed_rows = [(t, j) for t in range(len(batch.batch_sizes)) for j in range(batch.batch_sizes[t])]
     d_outputs = np.array([d_out[order[j], t] for t, j in packed_rows], dtype=dtype)
-    d_inputs = network_backward(typed_params, grads, shape, batch, backend, result,
-                                d_outputs=d_outputs, d_final_hidden=d_final[order].astype(dtype))
+    (backward,) = network_backward(typed_params, [grads], shape, [batch], backend, [result],
+                                   d_outputs=[d_outputs],
+                                   d_final_hidden=[d_final[order].astype(dtype)])
+    d_inputs = backward.d_inputs
 
     def check(name, ours, theirs):
         scale = max(np.abs(theirs).max(), 1e-12)
@@ -86,10 +94,10 @@ def test_fitted_classifier_runs_in_torch():
     rng = np.random.default_rng(0)
     X = [rng.standard_normal((rng.integers(2, 9), N_FEATURES)).astype(np.float32) for _ in range(40)]
     y = rng.integers(0, 3, 40)
-    clf = LSTMClassifier(hidden_size=6, num_layers=2, bidirectional=True, max_epochs=2,
-                         random_state=0).fit(X, y)
-    lstm = torch.nn.LSTM(N_FEATURES, 6, num_layers=2, bidirectional=True)
-    head = torch.nn.Linear(12, 3)
+    clf = LSTMClassifier(hidden_size=6, num_layers=2, bidirectional=True, proj_size=4,
+                         max_epochs=2, random_state=0).fit(X, y)
+    lstm = torch.nn.LSTM(N_FEATURES, 6, num_layers=2, bidirectional=True, proj_size=4)
+    head = torch.nn.Linear(8, 3)
     lstm.load_state_dict({name: torch.tensor(clf.weights_[name]) for name in lstm.state_dict()})
     head.load_state_dict({"weight": torch.tensor(clf.weights_["head.weight"]),
                           "bias": torch.tensor(clf.weights_["head.bias"])})

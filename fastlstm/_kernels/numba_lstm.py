@@ -38,6 +38,35 @@ _JIT = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
 
 
 @njit(**_JIT)
+def _add_preactivations(g_row, w_row, bias):
+    """g_row += w_row + bias: input, recurrent and bias parts of the gates."""
+    for k in range(g_row.shape[0]):
+        g_row[k] += w_row[k] + bias[k]
+
+
+@njit(**_JIT)
+def _activate_gates(g_row, hidden, gate_kind, state_kind):
+    """Activate the gate blocks i, f, g, o of one row in place."""
+    for k in range(2 * hidden):  # i and f
+        g_row[k] = gate_activation(g_row[k], gate_kind)
+    for k in range(2 * hidden, 3 * hidden):  # the cell candidate g
+        g_row[k] = state_activation(g_row[k], state_kind)
+    for k in range(3 * hidden, 4 * hidden):  # o
+        g_row[k] = gate_activation(g_row[k], gate_kind)
+
+
+@njit(**_JIT)
+def _update_cell(g_row, c_state, act_c_out, m_out, hidden, state_kind):
+    """c = f c + i g, act(c) and m = o act(c) for one row, c updated in place."""
+    for k in range(hidden):
+        c_new = g_row[hidden + k] * c_state[k] + g_row[k] * g_row[2 * hidden + k]
+        act_c = state_activation(c_new, state_kind)
+        c_state[k] = c_new
+        act_c_out[k] = act_c
+        m_out[k] = g_row[3 * hidden + k] * act_c
+
+
+@njit(**_JIT)
 def lstm_forward(
     X, batch_sizes, W, R, bias, W_proj, h0, c0, reverse, gate_kind, state_kind,
     H, Hprev, Cprev, TC, gates, M, h_n, c_n, work,
@@ -104,45 +133,19 @@ def lstm_forward(
             offset -= n_active
         np.dot(h_n[:n_active], R.T, work[:n_active])
         Hprev[offset:offset + n_active] = h_n[:n_active]
+        Cprev[offset:offset + n_active] = c_n[:n_active]
         for r in range(n_active):
             row = offset + r
             g_row = gates[row]
-            w_row = work[r]
-            h_state = h_n[r]
-            c_state = c_n[r]
-            c_prev_row = Cprev[row]
-            tc_row = TC[row]
-            # The unprojected hidden state goes straight to the outputs, or
-            # to M for the projection GEMM after the loop.
-            m_row = M[row] if project else H[row]
-            # One fused pass: bias, activations, cell and hidden update, and
-            # everything backward needs, with no temporaries.
-            for k in range(hidden):
-                i_gate = gate_activation(g_row[k] + w_row[k] + bias[k], gate_kind)
-                f_gate = gate_activation(
-                    g_row[hidden + k] + w_row[hidden + k] + bias[hidden + k], gate_kind
-                )
-                g_gate = state_activation(
-                    g_row[2 * hidden + k] + w_row[2 * hidden + k] + bias[2 * hidden + k],
-                    state_kind,
-                )
-                o_gate = gate_activation(
-                    g_row[3 * hidden + k] + w_row[3 * hidden + k] + bias[3 * hidden + k],
-                    gate_kind,
-                )
-                c_prev = c_state[k]
-                c_new = f_gate * c_prev + i_gate * g_gate
-                act_c = state_activation(c_new, state_kind)
-                c_prev_row[k] = c_prev
-                g_row[k] = i_gate
-                g_row[hidden + k] = f_gate
-                g_row[2 * hidden + k] = g_gate
-                g_row[3 * hidden + k] = o_gate
-                tc_row[k] = act_c
-                c_state[k] = c_new
-                m_row[k] = o_gate * act_c
+            # Three simple loops rather than one fused loop: each touches few
+            # arrays, so LLVM needs few run-time overlap checks and vectorises
+            # all three (the fused loop exceeded its check budget and ran
+            # scalar). Everything stays in L1 between the loops.
+            _add_preactivations(g_row, work[r], bias)
+            _activate_gates(g_row, hidden, gate_kind, state_kind)
+            _update_cell(g_row, c_n[r], TC[row], M[row] if project else H[row], hidden, state_kind)
             if not project:
-                h_state[:] = m_row
+                h_n[r] = H[row]
         if project:
             np.dot(M[offset:offset + n_active], W_proj.T, h_n[:n_active])
             H[offset:offset + n_active] = h_n[:n_active]

@@ -6,16 +6,25 @@ caller, no hidden state). Backends are imported lazily, so that a user of one
 never pays for loading (or compiling) another.
 
 ``"auto"`` and compile latency: numba is the primary engine, but compiling
-its kernels the first time takes seconds. The Cython kernels are compiled
-ahead of time. So "auto" is resolved once per process: numba when its
-compiled kernels are in numba's on-disk cache, otherwise Cython for this
-process while numba compiles in a background thread, ready (cached) for the
-next process. Resolving once keeps every fit of a process on the same
-kernels, so refitting with the same seed reproduces a model exactly.
+its kernels the first time takes about 8 s per dtype. The Cython kernels are
+compiled ahead of time. So "auto" is resolved once per process: numba when
+its compiled kernels are in numba's on-disk cache, otherwise Cython for this
+process while a detached, low-priority process compiles numba's kernels into
+the cache for the processes that follow. A separate process (not a thread)
+survives short scripts and does not compete with the user's fit for the GIL.
+Resolving once keeps every fit of a process on the same kernels, so refitting
+with the same seed reproduces a model exactly. ``FASTLSTM_NO_BACKGROUND_COMPILE=1``
+turns the background compilation off.
 """
 
+import hashlib
 import importlib
+import os
+import subprocess
+import sys
+import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -88,17 +97,51 @@ def numba_kernels_cached():
         return False
 
 
+# A compile process younger than this holds the lock; an older lock is stale.
+_LOCK_SECONDS = 600
+
+
+def _compile_lock_path():
+    module = importlib.import_module(_REGISTRY["numba"][0])
+    cache_dir = getattr(module.lstm_forward._cache, "_cache_path", module.__file__)
+    digest = hashlib.sha1(str(cache_dir).encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"fastlstm-numba-compile-{digest}.lock")
+
+
 def _warm_numba_in_background():
-    from ._trainer import warm_up
+    """Start a detached process that compiles numba's kernels into its cache.
+
+    At most one such process per cache runs at a time (a lock file), so that
+    the workers of a parallel grid search do not each start one.
+    """
+    if os.environ.get("FASTLSTM_NO_BACKGROUND_COMPILE") == "1":
+        return
+    lock = _compile_lock_path()
+    try:
+        if time.time() - os.path.getmtime(lock) > _LOCK_SECONDS:
+            os.remove(lock)
+    except OSError:
+        pass
+    try:
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except OSError:
+        return  # another process is compiling already
+    subprocess.Popen(
+        [sys.executable, "-m", "fastlstm._backends", "--compile-numba", lock],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def compile_numba_kernels():
+    """Compile (or load) numba's kernels for float32 and float64 now."""
     import numpy as np
 
-    def compile_kernels():
-        backend = get_backend("numba")
-        for dtype in (np.float32, np.float64):
-            warm_up(backend, np.dtype(dtype))
+    from ._trainer import warm_up
 
-    threading.Thread(target=compile_kernels, name="fastlstm-numba-warm-up",
-                     daemon=True).start()
+    backend = get_backend("numba")
+    for dtype in (np.float32, np.float64):
+        warm_up(backend, np.dtype(dtype))
 
 
 def resolve_auto():
@@ -116,3 +159,18 @@ def resolve_auto():
                 except ImportError:
                     _auto_choice = "numba"
         return _auto_choice
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--compile-numba"]:
+    # The detached compile process of _warm_numba_in_background.
+    try:
+        os.nice(10)  # leave the cores to the user's own work
+    except (AttributeError, OSError):
+        pass
+    try:
+        compile_numba_kernels()
+    finally:
+        try:
+            os.remove(sys.argv[2])
+        except OSError:
+            pass

@@ -115,3 +115,19 @@ def test_invalid_combinations_are_explained():
         LSTMClassifier(gate_activation="relu").fit(X, y)
     with pytest.raises(ValueError, match="sequence_length"):
         LSTMClassifier(sequence_length="shortest-ish").fit(X, y)
+
+
+def test_background_compile_starts_once_and_can_be_disabled(monkeypatch, tmp_path):
+    launched = []
+    monkeypatch.setattr(_backends.subprocess, "Popen", lambda *a, **k: launched.append(a[0]))
+    lock = tmp_path / "compile.lock"
+    monkeypatch.setattr(_backends, "_compile_lock_path", lambda: str(lock))
+    monkeypatch.setenv("FASTLSTM_NO_BACKGROUND_COMPILE", "1")
+    _backends._warm_numba_in_background()
+    assert launched == []
+    monkeypatch.delenv("FASTLSTM_NO_BACKGROUND_COMPILE")
+    _backends._warm_numba_in_background()
+    _backends._warm_numba_in_background()  # the lock is held: no second process
+    assert len(launched) == 1
+    assert launched[0][1:4] == ["-m", "fastlstm._backends", "--compile-numba"]
+    assert lock.exists()

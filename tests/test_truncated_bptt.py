@@ -25,8 +25,9 @@ def test_chunks_cover_the_batch_in_order():
     assert time_chunks(batch, 9)[0][0] is batch
 
 
+@pytest.mark.parametrize("backend_name", ["numba", "cython", "reference"])
 @pytest.mark.parametrize("num_layers", [1, 2])
-def test_state_carried_across_chunks_gives_the_unchunked_forward(num_layers):
+def test_state_carried_across_chunks_gives_the_unchunked_forward(num_layers, backend_name):
     rng = np.random.default_rng(1)
     shape = NetworkShape(hidden_size=5, num_layers=num_layers, bidirectional=False)
     sequences = [rng.standard_normal((n, 3)) for n in (13, 11, 6, 6, 2)]
@@ -34,7 +35,7 @@ def test_state_carried_across_chunks_gives_the_unchunked_forward(num_layers):
     batch = pack_batch(sequences, lengths, np.arange(5))
     shapes = parameter_shapes(3, 5, num_layers, False, 1)
     params = unflatten(init_parameters(shapes, np.random.RandomState(0), np.float64), shapes)
-    backend = get_backend("numba")
+    backend = get_backend(backend_name)
     (whole,) = network_forward(params, shape, [batch], backend)
     carried, final = None, np.empty_like(whole.final_hidden)
     for chunk, n_continuing in time_chunks(batch, 4):
@@ -46,11 +47,12 @@ def test_state_carried_across_chunks_gives_the_unchunked_forward(num_layers):
     np.testing.assert_allclose(final, whole.final_hidden, rtol=1e-12, atol=1e-14)
 
 
-def test_chunk_longer_than_every_sequence_changes_nothing():
+@pytest.mark.parametrize("backend_name", ["numba", "cython"])
+def test_chunk_longer_than_every_sequence_changes_nothing(backend_name):
     rng = np.random.default_rng(0)
     X = [rng.standard_normal((rng.integers(2, 12), 2)).astype(np.float32) for _ in range(50)]
     y = rng.integers(0, 2, 50)
-    params = dict(hidden_size=8, max_epochs=3, batch_size=16, random_state=0, backend="numba")
+    params = dict(hidden_size=8, max_epochs=3, batch_size=16, random_state=0, backend=backend_name)
     whole = LSTMClassifier(**params).fit(X, y)
     chunked = LSTMClassifier(sequence_length=12, **params).fit(X, y)
     for name, value in whole.weights_.items():

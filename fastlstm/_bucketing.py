@@ -24,26 +24,34 @@ class PackedBatch:
         Active sequences at each step.
     order : ndarray of shape (batch_size,), int64
         Indices of the batch's sequences in the dataset, longest first.
+    target_rows : ndarray of shape (n_rows,), int64, or None
+        For per-step targets: the row of each packed step in the table of all
+        steps' targets.
     """
 
     X: np.ndarray
     batch_sizes: np.ndarray
     order: np.ndarray
+    target_rows: np.ndarray | None = None
 
     @property
     def size(self):
         return self.order.shape[0]
 
 
-def length_sorted_batches(lengths, batch_size, rng=None):
-    """Cut the dataset into mini-batches of sequences of similar length.
+def length_sorted_batches(lengths, batch_size, rng=None, *, by_length=True):
+    """Cut the dataset into mini-batches, by default of sequences of similar length.
 
     Parameters
     ----------
     lengths : ndarray of shape (n_sequences,)
     batch_size : int
     rng : numpy.random.RandomState, default=None
-        Breaks ties between equal lengths at random; None keeps dataset order.
+        Shuffles the sequences first (with ``by_length``, that only breaks
+        ties between equal lengths); None keeps dataset order.
+    by_length : bool, default=True
+        Sort the sequences by length before cutting (bucketing). Without it,
+        batches mix lengths; each is still sorted longest first for packing.
 
     Returns
     -------
@@ -51,13 +59,18 @@ def length_sorted_batches(lengths, batch_size, rng=None):
         Sequence indices of each batch, longest first.
     """
     lengths = np.asarray(lengths)
-    candidates = np.arange(len(lengths)) if rng is None else rng.permutation(len(lengths))
-    # A stable sort on -length keeps the (possibly shuffled) order among ties.
-    order = candidates[np.argsort(-lengths[candidates], kind="stable")].astype(np.int64)
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    order = np.arange(len(lengths)) if rng is None else rng.permutation(len(lengths))
+    if by_length:
+        # A stable sort on -length keeps the (possibly shuffled) order among ties.
+        order = order[np.argsort(-lengths[order], kind="stable")]
+    order = order.astype(np.int64)
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    if not by_length:
+        batches = [batch[np.argsort(-lengths[batch], kind="stable")] for batch in batches]
+    return batches
 
 
-def pack_batch(sequences, lengths, order):
+def pack_batch(sequences, lengths, order, *, max_length=None, step_starts=None):
     """Pack the sequences ``order`` (longest first) into a :class:`PackedBatch`.
 
     Parameters
@@ -67,18 +80,36 @@ def pack_batch(sequences, lengths, order):
     lengths : ndarray of shape (n_sequences,), int64
     order : ndarray of int64
         From :func:`length_sorted_batches`.
+    max_length : int, default=None
+        Keep only the first ``max_length`` steps of every sequence.
+    step_starts : ndarray of shape (n_sequences,), default=None
+        For per-step targets, the row of each sequence's first step in the
+        targets table; sets ``target_rows``.
 
     Returns
     -------
     batch : PackedBatch
     """
-    batch_lengths = np.ascontiguousarray(lengths[order], dtype=np.int64)
-    n_features = sequences[order[0]].shape[1]
-    X = np.empty((int(batch_lengths.sum()), n_features), dtype=sequences[order[0]].dtype)
-    pack_sequences(sequences, order, X)
-    batch_sizes = np.empty(int(batch_lengths[0]), dtype=np.int64)
-    batch_sizes_from_lengths(batch_lengths, batch_sizes)
-    return PackedBatch(X, batch_sizes, order)
+    if max_length is not None and max_length < lengths[order].max():
+        # Views, not copies: the packing pass is the only copy.
+        sequences = [sequences[i][:max_length] for i in order]
+        lengths = np.minimum(lengths[order], max_length)
+        packed = pack_batch(sequences, lengths, np.arange(len(order), dtype=np.int64))
+        packed.order = order
+    else:
+        batch_lengths = np.ascontiguousarray(lengths[order], dtype=np.int64)
+        n_features = sequences[order[0]].shape[1]
+        X = np.empty((int(batch_lengths.sum()), n_features), dtype=sequences[order[0]].dtype)
+        pack_sequences(sequences, order, X)
+        batch_sizes = np.empty(int(batch_lengths[0]), dtype=np.int64)
+        batch_sizes_from_lengths(batch_lengths, batch_sizes)
+        packed = PackedBatch(X, batch_sizes, order)
+    if step_starts is not None:
+        # Packed row (t, j) is step t of sequence order[j].
+        steps = np.repeat(np.arange(len(packed.batch_sizes)), packed.batch_sizes)
+        positions = np.concatenate([np.arange(n) for n in packed.batch_sizes])
+        packed.target_rows = step_starts[packed.order[positions]] + steps
+    return packed
 
 
 # Sequences per shard at most. Shards are the unit of parallel work inside a
@@ -134,8 +165,9 @@ def time_chunks(batch, chunk_length):
     for start in range(0, n_steps, chunk_length):
         stop = min(start + chunk_length, n_steps)
         n_active = int(batch.batch_sizes[start])
-        chunk = PackedBatch(batch.X[offsets[start]:offsets[stop]],
-                            batch.batch_sizes[start:stop], batch.order[:n_active])
+        rows = slice(offsets[start], offsets[stop])
+        chunk = PackedBatch(batch.X[rows], batch.batch_sizes[start:stop], batch.order[:n_active],
+                            None if batch.target_rows is None else batch.target_rows[rows])
         n_continuing = int(batch.batch_sizes[stop]) if stop < n_steps else 0
         chunks.append((chunk, n_continuing))
     return chunks

@@ -1,7 +1,12 @@
 """Losses on the output layer: value and gradient with respect to its input.
 
-Both are means over the mini-batch, as ``torch.nn.CrossEntropyLoss`` and
-``torch.nn.MSELoss`` with their default ``reduction="mean"``.
+A loss sees one row per target: a sequence (sequence-to-one tasks) or a time
+step (sequence-to-sequence tasks). It is the weighted mean of the rows'
+losses, sum(w_i l_i) / sum(w_i), as ``torch.nn.CrossEntropyLoss(weight=...)``
+normalises. Unweighted training uses weights of one through the same code,
+so that all-ones ``sample_weight`` reproduces the unweighted model exactly;
+with unit weights the losses are ``torch.nn.CrossEntropyLoss`` and
+``torch.nn.MSELoss`` with ``reduction="mean"``.
 """
 
 import numpy as np
@@ -14,40 +19,48 @@ def softmax(logits):
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def cross_entropy(logits, targets):
-    """Mean cross-entropy of integer class targets.
+def cross_entropy(logits, targets, weights):
+    """Weighted mean cross-entropy of integer class targets.
 
     Parameters
     ----------
-    logits : ndarray of shape (batch_size, n_classes)
-    targets : ndarray of shape (batch_size,), int
+    logits : ndarray of shape (n_rows, n_classes)
+    targets : ndarray of shape (n_rows,), int
+    weights : ndarray of shape (n_rows,)
 
     Returns
     -------
     loss : float
-    d_logits : ndarray of shape (batch_size, n_classes)
+    d_logits : ndarray of shape (n_rows, n_classes)
     """
-    batch_size = logits.shape[0]
+    rows = np.arange(logits.shape[0])
     proba = softmax(logits.astype(np.float64))
-    rows = np.arange(batch_size)
-    loss = -np.mean(np.log(np.maximum(proba[rows, targets], np.finfo(np.float64).tiny)))
+    losses = -np.log(np.maximum(proba[rows, targets], np.finfo(np.float64).tiny))
+    total_weight = weights.sum(dtype=np.float64)
+    loss = float(np.dot(weights, losses) / total_weight)
     proba[rows, targets] -= 1.0
-    return float(loss), (proba / batch_size).astype(logits.dtype)
+    proba *= (weights / total_weight)[:, np.newaxis]
+    return loss, proba.astype(logits.dtype)
 
 
-def mean_squared_error(predictions, targets):
-    """Mean over all elements of the squared error.
+def mean_squared_error(predictions, targets, weights):
+    """Weighted mean over rows of each row's mean squared error.
 
     Parameters
     ----------
-    predictions : ndarray of shape (batch_size, n_outputs)
-    targets : ndarray of shape (batch_size, n_outputs)
+    predictions : ndarray of shape (n_rows, n_outputs)
+    targets : ndarray of shape (n_rows, n_outputs)
+    weights : ndarray of shape (n_rows,)
 
     Returns
     -------
     loss : float
-    d_predictions : ndarray of shape (batch_size, n_outputs)
+    d_predictions : ndarray of shape (n_rows, n_outputs)
     """
     residual = predictions - targets
-    loss = float(np.mean(np.square(residual, dtype=np.float64)))
-    return loss, (2.0 / residual.size) * residual
+    n_outputs = residual.shape[1]
+    total_weight = weights.sum(dtype=np.float64)
+    losses = np.mean(np.square(residual, dtype=np.float64), axis=1)
+    loss = float(np.dot(weights, losses) / total_weight)
+    scale = (2.0 / (n_outputs * total_weight)) * weights
+    return loss, (residual * scale[:, np.newaxis].astype(residual.dtype))

@@ -2,8 +2,13 @@
 
 The estimators decide what the output layer means (classes or values) by the
 loss they pass in; everything else, bucketing, packing, sharding, the
-network, the output layer, clipping and the optimiser, happens here, on
-arrays only.
+network, the output layer, clipping, regularisation and the optimiser,
+happens here, on arrays only.
+
+Targets come in one of two layouts. Sequence-to-one: one target row per
+sequence, compared with the output at the sequence's end. Sequence-to-
+sequence: one target row per time step, compared with the output at every
+step. Both go through the same weighted loss.
 
 Reproducibility: the mini-batches, their shards, the dropout masks and the
 order in which shard gradients are summed depend only on the data, the
@@ -12,6 +17,7 @@ gives bit-identical models with any ``n_jobs``.
 """
 
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -24,7 +30,7 @@ from threadpoolctl import threadpool_limits
 from ._bucketing import length_sorted_batches, pack_batch, shard_orders, time_chunks
 from ._fpenv import enable_flush_to_zero, restore
 from ._network import network_backward, network_forward
-from ._optim import clip_gradients, make_optimizer
+from ._optim import add_l2_regularization, clip_gradients, learning_rate_at, make_optimizer
 from ._weights import unflatten
 
 # Inference needs no gradients, so bigger batches only amortise overhead.
@@ -35,22 +41,59 @@ PREDICT_BATCH_SIZE = 256
 class TrainingOptions:
     """The optimisation settings of one fit, checked by the estimator.
 
-    ``sequence_length`` is None to backpropagate through whole sequences, or
-    the chunk length of truncated backpropagation through time.
+    ``sequence_length`` is None to train on whole sequences, "shortest" to
+    cut every mini-batch to its shortest sequence, or the chunk length of
+    truncated backpropagation through time.
     """
 
     max_epochs: int
     batch_size: int
     learning_rate: float
+    learning_rate_schedule: str
+    learning_rate_drop_factor: float
+    learning_rate_drop_period: int
     optimizer: str
     momentum: float
+    beta1: float
+    beta2: float
+    epsilon: float
+    squared_gradient_decay_factor: float
     gradient_threshold: float | None
     gradient_threshold_method: str
+    l2_regularization: float
     shuffle: str
+    bucketing: bool
     dropout: float
-    sequence_length: int | None
+    sequence_length: object
+    early_stopping: bool
+    n_iter_no_change: int
     n_threads: int
     verbose: int
+
+
+@dataclass
+class Targets:
+    """What the outputs are compared with.
+
+    Attributes
+    ----------
+    values : ndarray of shape (n_rows, ...)
+        Encoded targets, as the loss expects them: one row per sequence, or
+        one per time step (all steps of sequence 0, then of sequence 1, ...).
+    weights : ndarray of shape (n_rows,)
+        Weight of every row in the loss (sample and class weights).
+    step_starts : ndarray of shape (n_sequences,), int64, or None
+        Per-step targets: the row of each sequence's first step. None for
+        one target per sequence.
+    """
+
+    values: np.ndarray
+    weights: np.ndarray
+    step_starts: np.ndarray | None = None
+
+    @property
+    def per_step(self):
+        return self.step_starts is not None
 
 
 @contextmanager
@@ -85,158 +128,315 @@ def compute_environment(n_threads=1):
         restore(previous)
 
 
+def effective_n_threads(n_jobs):
+    """Threads for an ``n_jobs`` parameter, as scikit-learn counts them.
+
+    None means every core fastlstm may use: the CPUs of this process (cgroup
+    and affinity limits included, through joblib), capped by the
+    ``OMP_NUM_THREADS`` limit that joblib and dask set inside their workers, so
+    that parallel cross-validation does not oversubscribe the machine.
+    Negative values count back from all cores (-1 = all, -2 = all but one).
+    """
+    n_cpus = joblib.cpu_count()
+    if n_jobs is None:
+        limit = os.environ.get("OMP_NUM_THREADS", "")
+        n_threads = n_cpus
+        if limit.isdigit() and int(limit) > 0:
+            n_threads = min(n_threads, int(limit))
+        return n_threads
+    if n_jobs == 0:
+        raise ValueError("n_jobs == 0 has no meaning; use None, a positive or a negative integer.")
+    if n_jobs < 0:
+        return max(1, n_cpus + 1 + n_jobs)
+    return int(n_jobs)
+
+
 def _head_forward(params, features):
     return features @ params["head.weight"].T + params["head.bias"]
 
 
-def _dropout_masks(rng, shape, shards, dropout, dtype):
-    if dropout == 0 or shape.num_layers == 1:
-        return None
-    keep = 1.0 - dropout
-    return [
-        [(rng.uniform(size=(shard.X.shape[0], shape.n_features_out)) < keep).astype(dtype)
-         / dtype.type(keep) for _ in range(shape.num_layers - 1)]
-        for shard in shards
-    ]
-
-
-def pack_shards(sequences, lengths, order):
+def pack_shards(sequences, lengths, order, *, max_length=None, step_starts=None):
     """Pack one mini-batch as its list of shards."""
-    return [pack_batch(sequences, lengths, shard) for shard in shard_orders(order)]
+    return [pack_batch(sequences, lengths, shard, max_length=max_length, step_starts=step_starts)
+            for shard in shard_orders(order)]
 
 
 def _chunked(shards, chunk_length):
-    """Truncated-BPTT chunks of a sharded batch: list of (shards, n_continuing)."""
+    """Truncated-BPTT chunks of a sharded batch: list of [(shard, n_continuing)]."""
     per_shard = [time_chunks(shard, chunk_length) for shard in shards]
     n_chunks = max(len(chunks) for chunks in per_shard)
-    return [
-        [chunks[k] for chunks in per_shard if k < len(chunks)]
-        for k in range(n_chunks)
-    ]
+    return [[chunks[k] for chunks in per_shard if k < len(chunks)] for k in range(n_chunks)]
 
 
-def train(flat_params, shapes, net_shape, sequences, lengths, targets, loss, options,
-          rng, backend):
-    """Fit the parameters in place by mini-batch training.
+class Trainer:
+    """Mini-batch training of a flat parameter vector, epoch by epoch.
+
+    The trainer keeps the optimiser's state between calls of
+    :meth:`run_epochs`, so that ``partial_fit`` continues where it stopped.
 
     Parameters
     ----------
     flat_params : ndarray of shape (n_parameters,)
-        IN/OUT. Initial parameters, updated in place.
+        IN/OUT. Updated in place.
     shapes : list of (str, tuple)
-        Parameter layout (see ``_weights.parameter_shapes``).
     net_shape : NetworkShape
-    sequences : list of ndarray of shape (T_i, n_features)
-    lengths : ndarray of shape (n_sequences,), int64
-    targets : ndarray of shape (n_sequences, ...)
-        Encoded targets, as ``loss`` expects them.
     loss : callable
-        ``loss(outputs, targets) -> (value, d_outputs)`` on the output layer.
+        ``loss(outputs, values, weights) -> (value, d_outputs)``.
     options : TrainingOptions
-    rng : numpy.random.RandomState
-        The fit's only source of randomness.
     backend : Backend
-
-    Returns
-    -------
-    history : list of dict
-        One entry per epoch: ``epoch``, ``loss`` (mean over its sequences),
-        ``learning_rate`` and ``seconds``.
     """
-    with compute_environment(options.n_threads) as executor:
-        return _train(flat_params, shapes, net_shape, sequences, lengths, targets, loss,
-                      options, rng, backend, executor)
+
+    def __init__(self, flat_params, shapes, net_shape, loss, options, backend):
+        self.flat_params = flat_params
+        self.shapes = shapes
+        self.net_shape = net_shape
+        self.loss = loss
+        self.options = options
+        self.backend = backend
+        self.params = unflatten(flat_params, shapes)
+        self.flat_grads = np.zeros_like(flat_params)
+        self.grads = unflatten(self.flat_grads, shapes)
+        # L2 regularisation acts on weights, not biases (as in MATLAB).
+        self.weight_mask = np.concatenate([
+            np.full(int(np.prod(shape)), name.startswith(("weight", "head.weight")))
+            for name, shape in shapes
+        ])
+        self.optimizer = make_optimizer(
+            options.optimizer, flat_params.size, flat_params.dtype, options.learning_rate,
+            momentum=options.momentum, beta1=options.beta1, beta2=options.beta2,
+            epsilon=options.epsilon,
+            squared_gradient_decay_factor=options.squared_gradient_decay_factor,
+        )
+        self.epochs_done = 0
+        self.iterations_done = 0
+        self._shard_flat_grads = []
+
+    # -- data ------------------------------------------------------------------
+
+    def prepare(self, sequences, lengths, targets, rng):
+        """Cut, pack and shard the training data once for all its epochs.
+
+        Returns
+        -------
+        batches : list of list of list of (PackedBatch, int)
+            Per mini-batch, its truncated-BPTT chunks (one without
+            truncation), each a list of (shard, sequences continuing).
+        """
+        options = self.options
+        batches = []
+        shuffle_rng = None if options.shuffle == "never" else rng
+        for order in length_sorted_batches(lengths, options.batch_size, shuffle_rng,
+                                           by_length=options.bucketing):
+            max_length = int(lengths[order].min()) if options.sequence_length == "shortest" else None
+            shards = pack_shards(sequences, lengths, order, max_length=max_length,
+                                 step_starts=targets.step_starts)
+            chunk_length = options.sequence_length if isinstance(options.sequence_length, int) else None
+            batches.append(_chunked(shards, chunk_length))
+        return batches
+
+    def _shard_gradients(self, n_shards):
+        while len(self._shard_flat_grads) < n_shards:
+            self._shard_flat_grads.append(np.zeros_like(self.flat_params))
+        return self._shard_flat_grads[:n_shards]
+
+    # -- one update ----------------------------------------------------------------
+
+    def _step(self, chunk, carried, targets, rng, executor):
+        """Forward and backward through one chunk, then an optimiser step.
+
+        Returns the chunk's loss, the number of target rows it covered and the
+        states to carry into the next chunk.
+        """
+        params, net_shape, options = self.params, self.net_shape, self.options
+        shards = [shard for shard, _ in chunk]
+        n_continuing = [n for _, n in chunk]
+        h0 = c0 = None
+        if carried is not None:
+            h0 = [h[:, :shard.size] for h, shard in zip(carried[0], shards)]
+            c0 = [c[:, :shard.size] for c, shard in zip(carried[1], shards)]
+        masks = None
+        if options.dropout > 0 and net_shape.num_layers > 1:
+            keep = 1.0 - options.dropout
+            dtype = self.flat_params.dtype
+            masks = [[(rng.uniform(size=(shard.X.shape[0], net_shape.n_features_out)) < keep)
+                      .astype(dtype) / dtype.type(keep) for _ in range(net_shape.num_layers - 1)]
+                     for shard in shards]
+        forward = network_forward(params, net_shape, shards, self.backend, dropout_masks=masks,
+                                  h0=h0, c0=c0, executor=executor)
+        carried = ([f.h_n[:, :n] for f, n in zip(forward, n_continuing)],
+                   [f.c_n[:, :n] for f, n in zip(forward, n_continuing)])
+        if targets.per_step:
+            features = np.concatenate([f.outputs for f in forward])
+            rows = np.concatenate([shard.target_rows for shard in shards])
+            splits = np.cumsum([f.outputs.shape[0] for f in forward])[:-1]
+        else:
+            # A sequence's target is compared with the output where it ends;
+            # a chunk in which none ends has nothing to learn from.
+            features = np.concatenate([f.final_hidden[n:] for f, n in zip(forward, n_continuing)])
+            rows = np.concatenate([s.order[n:] for s, n in zip(shards, n_continuing)])
+            splits = np.cumsum([s.size - n for s, n in zip(shards, n_continuing)])[:-1]
+        if len(rows) == 0 or targets.weights[rows].sum() == 0:
+            return 0.0, 0, carried
+        outputs = _head_forward(params, features)
+        value, d_outputs = self.loss(outputs, targets.values[rows], targets.weights[rows])
+        if not np.isfinite(value):
+            raise FloatingPointError(
+                f"The training loss became {value} at epoch {self.epochs_done + 1}; training "
+                "stopped. Lower learning_rate, set gradient_threshold, or normalise the inputs."
+            )
+        d_features = np.split(d_outputs @ params["head.weight"], splits)
+        if targets.per_step:
+            backward_args = dict(d_outputs=d_features)
+        else:
+            d_final_hidden = []
+            for f, n, d in zip(forward, n_continuing, d_features):
+                d_shard = np.zeros_like(f.final_hidden)
+                d_shard[n:] = d
+                d_final_hidden.append(d_shard)
+            backward_args = dict(d_final_hidden=d_final_hidden)
+        shard_flat_grads = self._shard_gradients(len(shards))
+        network_backward(params, [unflatten(g, self.shapes) for g in shard_flat_grads], net_shape,
+                         shards, self.backend, forward, dropout_masks=masks, executor=executor,
+                         **backward_args)
+        # Shard gradients summed in a fixed order: reproducible.
+        flat_grads, grads = self.flat_grads, self.grads
+        flat_grads[:] = shard_flat_grads[0]
+        for buffer in shard_flat_grads[1:]:
+            flat_grads += buffer
+        grads["head.weight"][:] = d_outputs.T @ features
+        grads["head.bias"][:] = d_outputs.sum(axis=0)
+        if options.l2_regularization > 0:
+            add_l2_regularization(flat_grads, self.flat_params, options.l2_regularization,
+                                  self.weight_mask)
+        if options.gradient_threshold is not None:
+            clip_gradients(flat_grads, grads, options.gradient_threshold,
+                           options.gradient_threshold_method)
+        self.optimizer.step(self.flat_params, flat_grads)
+        self.iterations_done += 1
+        return value, len(rows), carried
+
+    # -- epochs ----------------------------------------------------------------------
+
+    def run_epochs(self, sequences, lengths, targets, n_epochs, rng, *, validate=None, log=None):
+        """Train for up to ``n_epochs`` epochs.
+
+        Parameters
+        ----------
+        sequences : list of ndarray of shape (T_i, n_features)
+        lengths : ndarray of shape (n_sequences,), int64
+        targets : Targets
+        n_epochs : int
+        rng : numpy.random.RandomState
+        validate : callable, default=None
+            ``validate() -> (loss, score)`` on held-out data after every epoch.
+        log : TrainingLog, default=None
+            Prints progress, as ``options.verbose`` asks.
+
+        Returns
+        -------
+        history : list of dict
+            Per epoch: ``epoch``, ``loss``, ``val_loss``, ``val_score``,
+            ``learning_rate``, ``seconds``.
+        """
+        options = self.options
+        batches = self.prepare(sequences, lengths, targets, rng)
+        # Without bucketing, "every-epoch" shuffles the sequences themselves
+        # into new batches; with it, the order of the length-sorted batches.
+        rebatch = options.shuffle == "every-epoch" and not options.bucketing
+        schedule = np.arange(len(batches))
+        if options.shuffle == "once":
+            schedule = rng.permutation(schedule)
+        history = []
+        best_loss, best_params, best_state, stale_epochs = np.inf, None, None, 0
+        with compute_environment(options.n_threads) as executor:
+            for _ in range(n_epochs):
+                epoch = self.epochs_done + 1
+                start = time.perf_counter()
+                self.optimizer.learning_rate = learning_rate_at(
+                    epoch, options.learning_rate, options.learning_rate_schedule,
+                    options.learning_rate_drop_factor, options.learning_rate_drop_period)
+                if rebatch and history:  # the first epoch uses the batches above
+                    batches = self.prepare(sequences, lengths, targets, rng)
+                if options.shuffle == "every-epoch":
+                    schedule = rng.permutation(len(batches))
+                total_loss, total_rows = 0.0, 0
+                for done, batch_index in enumerate(schedule, start=1):
+                    carried = None
+                    for chunk in batches[batch_index]:
+                        value, n_rows, carried = self._step(chunk, carried, targets, rng, executor)
+                        total_loss += value * n_rows
+                        total_rows += n_rows
+                    if log is not None:
+                        log.progress(epoch, done, len(schedule))
+                self.epochs_done = epoch
+                entry = {"epoch": epoch, "loss": total_loss / max(total_rows, 1),
+                         "val_loss": None, "val_score": None,
+                         "learning_rate": self.optimizer.learning_rate}
+                if validate is not None:
+                    entry["val_loss"], entry["val_score"] = validate()
+                entry["seconds"] = time.perf_counter() - start
+                history.append(entry)
+                if log is not None:
+                    log.epoch(entry, self.iterations_done)
+                if validate is not None and options.early_stopping:
+                    if entry["val_loss"] < best_loss:
+                        best_loss, stale_epochs = entry["val_loss"], 0
+                        best_params = self.flat_params.copy()
+                        best_state = self.optimizer.state_dict()
+                    else:
+                        stale_epochs += 1
+                        if stale_epochs >= options.n_iter_no_change:
+                            break
+        if best_params is not None:
+            # Restore the weights of the best validation loss.
+            self.flat_params[:] = best_params
+            self.optimizer.load_state_dict(best_state)
+        return history
 
 
-def _train(flat_params, shapes, net_shape, sequences, lengths, targets, loss, options,
-           rng, backend, executor):
-    params = unflatten(flat_params, shapes)
-    flat_grads = np.zeros_like(flat_params)
-    grads = unflatten(flat_grads, shapes)
-    optimizer = make_optimizer(
-        options.optimizer, flat_params.size, flat_params.dtype,
-        options.learning_rate, options.momentum,
-    )
-    # Batches are cut once (ties broken at random) and packed once per fit:
-    # packing is then off the per-epoch path entirely.
-    batch_orders = length_sorted_batches(lengths, options.batch_size, rng)
-    batches = [_chunked(pack_shards(sequences, lengths, order), options.sequence_length)
-               for order in batch_orders]
-    max_shards = max(len(chunk) for batch in batches for chunk in batch)
-    shard_flat_grads = [np.zeros_like(flat_params) for _ in range(max_shards)]
-    shard_grads = [unflatten(buffer, shapes) for buffer in shard_flat_grads]
-    schedule = np.arange(len(batches))
-    if options.shuffle == "once":
-        schedule = rng.permutation(schedule)
+class TrainingLog:
+    """Progress display: one line per epoch (verbose >= 1), MATLAB's
+    verbose table, and a progress bar inside each epoch (verbose >= 2)."""
 
-    history = []
-    for epoch in range(1, options.max_epochs + 1):
-        start = time.perf_counter()
-        if options.shuffle == "every-epoch":
-            schedule = rng.permutation(len(batches))
-        epoch_loss = 0.0
-        for batch_index in schedule:
-            carried = None
-            for chunk in batches[batch_index]:
-                shards = [shard for shard, _ in chunk]
-                n_continuing = [n for _, n in chunk]
-                h0 = c0 = None
-                if carried is not None:
-                    h0 = [h[:, :shard.size] for h, shard in zip(carried[0], shards)]
-                    c0 = [c[:, :shard.size] for c, shard in zip(carried[1], shards)]
-                masks = _dropout_masks(rng, net_shape, shards, options.dropout,
-                                       flat_params.dtype)
-                forward = network_forward(params, net_shape, shards, backend,
-                                          dropout_masks=masks, h0=h0, c0=c0, executor=executor)
-                carried = ([f.h_n[:, :n] for f, n in zip(forward, n_continuing)],
-                           [f.c_n[:, :n] for f, n in zip(forward, n_continuing)])
-                # The loss of a sequence is read where it ends; chunks in
-                # which none ends have nothing to learn from.
-                features = np.concatenate([f.final_hidden[n:] for f, n in zip(forward, n_continuing)])
-                if len(features) == 0:
-                    continue
-                ending = np.concatenate([s.order[n:] for s, n in zip(shards, n_continuing)])
-                outputs = _head_forward(params, features)
-                value, d_outputs = loss(outputs, targets[ending])
-                if not np.isfinite(value):
-                    raise FloatingPointError(
-                        f"The training loss became {value} at epoch {epoch}; training "
-                        "stopped. Lower learning_rate, set gradient_threshold, or "
-                        "normalise the inputs."
-                    )
-                d_features = d_outputs @ params["head.weight"]
-                d_final_hidden, start_row = [], 0
-                for f, n in zip(forward, n_continuing):
-                    d_shard = np.zeros_like(f.final_hidden)
-                    n_ending = d_shard.shape[0] - n
-                    d_shard[n:] = d_features[start_row:start_row + n_ending]
-                    d_final_hidden.append(d_shard)
-                    start_row += n_ending
-                network_backward(params, shard_grads[:len(shards)], net_shape, shards, backend,
-                                 forward, d_final_hidden=d_final_hidden, dropout_masks=masks,
-                                 executor=executor)
-                # Shard gradients summed in a fixed order: reproducible.
-                flat_grads[:] = shard_flat_grads[0]
-                for buffer in shard_flat_grads[1:len(shards)]:
-                    flat_grads += buffer
-                grads["head.weight"][:] = d_outputs.T @ features
-                grads["head.bias"][:] = d_outputs.sum(axis=0)
-                if options.gradient_threshold is not None:
-                    clip_gradients(flat_grads, grads, options.gradient_threshold,
-                                   options.gradient_threshold_method)
-                optimizer.step(flat_params, flat_grads)
-                epoch_loss += value * len(ending)
-        epoch_loss /= len(sequences)
-        seconds = time.perf_counter() - start
-        history.append({"epoch": epoch, "loss": epoch_loss,
-                        "learning_rate": options.learning_rate, "seconds": seconds})
-        if options.verbose:
-            print(f"epoch {epoch:4d}  loss {epoch_loss:.6f}  ({seconds:.3f} s)")
-    return history
+    def __init__(self, verbose, stream=None):
+        self.verbose = verbose
+        self.stream = stream or sys.stdout
+        self._started = time.perf_counter()
+        self._header_done = False
+
+    def progress(self, epoch, done, total):
+        if self.verbose >= 2:
+            width = 30
+            filled = int(width * done / total)
+            self.stream.write(f"\repoch {epoch:4d} [{'#' * filled}{'.' * (width - filled)}] "
+                              f"{done}/{total}")
+            self.stream.flush()
+
+    def epoch(self, entry, iteration):
+        if self.verbose < 1:
+            return
+        if self.verbose >= 2:
+            self.stream.write("\r")
+        if not self._header_done:
+            self.stream.write("| epoch | iteration | elapsed (s) | train loss | val loss "
+                              "| val score | learning rate |\n")
+            self._header_done = True
+
+        def show(value, fmt):
+            return format(value, fmt) if value is not None else "-"
+
+        elapsed = time.perf_counter() - self._started
+        self.stream.write(
+            f"| {entry['epoch']:5d} | {iteration:9d} | {elapsed:11.2f} | "
+            f"{entry['loss']:10.4f} | {show(entry['val_loss'], '8.4f'):>8} | "
+            f"{show(entry['val_score'], '9.4f'):>9} | {entry['learning_rate']:13.3g} |\n"
+        )
+        self.stream.flush()
 
 
-def predict_outputs(flat_params, shapes, net_shape, sequences, lengths, backend, n_threads=1):
-    """Output-layer values for every sequence, in the order given.
+def network_outputs(flat_params, shapes, net_shape, sequences, lengths, backend, *,
+                    per_step, n_threads=1, h0=None, c0=None, return_states=False):
+    """Output-layer values of a trained network, in the order of ``sequences``.
 
     Parameters
     ----------
@@ -246,21 +446,47 @@ def predict_outputs(flat_params, shapes, net_shape, sequences, lengths, backend,
     sequences : list of ndarray of shape (T_i, n_features)
     lengths : ndarray of shape (n_sequences,), int64
     backend : Backend
+    per_step : bool
+        Outputs at every step (all steps of sequence 0, then sequence 1, ...)
+        rather than one per sequence, at its end.
     n_threads : int, default=1
+    h0, c0 : ndarray, default=None
+        Initial states per sequence, shaped (num_layers * n_directions,
+        n_sequences, size) as ``torch.nn.LSTM``'s; None means zeros.
+    return_states : bool, default=False
+        Also return the final states, shaped like ``h0`` and ``c0``.
 
     Returns
     -------
-    outputs : ndarray of shape (n_sequences, n_outputs)
+    outputs : ndarray of shape (n_sequences or sum of T_i, n_outputs)
+    h_n, c_n : ndarray
+        Only with ``return_states``.
     """
     params = unflatten(flat_params, shapes)
     n_outputs = params["head.bias"].shape[0]
-    outputs = np.empty((len(sequences), n_outputs), dtype=flat_params.dtype)
+    dtype = flat_params.dtype
+    n_rows = int(lengths.sum()) if per_step else len(sequences)
+    outputs = np.empty((n_rows, n_outputs), dtype=dtype)
+    n_stack = net_shape.num_layers * net_shape.n_directions
+    h_n = np.empty((n_stack, len(sequences), net_shape.state_size), dtype=dtype)
+    c_n = np.empty((n_stack, len(sequences), net_shape.hidden_size), dtype=dtype)
+    step_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if per_step else None
     with compute_environment(n_threads) as executor:
         for order in length_sorted_batches(lengths, PREDICT_BATCH_SIZE):
-            shards = pack_shards(sequences, lengths, order)
-            forward = network_forward(params, net_shape, shards, backend, executor=executor)
+            shards = pack_shards(sequences, lengths, order, step_starts=step_starts)
+            initial_h = None if h0 is None else [h0[:, shard.order] for shard in shards]
+            initial_c = None if c0 is None else [c0[:, shard.order] for shard in shards]
+            forward = network_forward(params, net_shape, shards, backend, h0=initial_h,
+                                      c0=initial_c, executor=executor)
             for shard, result in zip(shards, forward):
-                outputs[shard.order] = _head_forward(params, result.final_hidden)
+                if per_step:
+                    outputs[shard.target_rows] = _head_forward(params, result.outputs)
+                else:
+                    outputs[shard.order] = _head_forward(params, result.final_hidden)
+                h_n[:, shard.order] = result.h_n
+                c_n[:, shard.order] = result.c_n
+    if return_states:
+        return outputs, h_n, c_n
     return outputs
 
 
@@ -293,26 +519,3 @@ def warm_up(backend, dtype):
         forward = network_forward(params, net_shape, [batch], backend)
         network_backward(params, [grads], net_shape, [batch], backend, forward,
                          d_final_hidden=[np.ones_like(forward[0].final_hidden)])
-
-
-def effective_n_threads(n_jobs):
-    """Threads for an ``n_jobs`` parameter, as scikit-learn counts them.
-
-    None means every core fastlstm may use: the CPUs of this process (cgroup
-    and affinity limits included, through joblib), capped by the
-    ``OMP_NUM_THREADS`` limit that joblib and dask set inside their workers, so
-    that parallel cross-validation does not oversubscribe the machine.
-    Negative values count back from all cores (-1 = all, -2 = all but one).
-    """
-    n_cpus = joblib.cpu_count()
-    if n_jobs is None:
-        limit = os.environ.get("OMP_NUM_THREADS", "")
-        n_threads = n_cpus
-        if limit.isdigit() and int(limit) > 0:
-            n_threads = min(n_threads, int(limit))
-        return n_threads
-    if n_jobs == 0:
-        raise ValueError("n_jobs == 0 has no meaning; use None, a positive or a negative integer.")
-    if n_jobs < 0:
-        return max(1, n_cpus + 1 + n_jobs)
-    return int(n_jobs)

@@ -2,25 +2,36 @@
 
 Accepted: a list (or tuple, or 1-D object array) of ``(T_i, n_features)``
 arrays, a 3-D array ``(n_sequences, T, n_features)``, or a 2-D array
-``(n_sequences, T)`` of univariate sequences. Each sequence becomes a
-C-contiguous array of the model's dtype; an array that already is one is
-used as it is (never written to), any other is copied once.
+``(n_sequences, T)`` of univariate sequences. In the array forms, shorter
+sequences may end in rows of NaN (tslearn's convention): those rows are
+padding, not data. Each sequence becomes a C-contiguous array of the model's
+dtype; an array that already is one is used as it is (never written to, so
+read-only memory maps work), any other is copied once.
 """
 
-import numbers
-
 import numpy as np
+
+
+def _strip_nan_padding(X):
+    """Views of the sequences of a 3-D array without their trailing NaN rows."""
+    if not np.issubdtype(X.dtype, np.floating):
+        return list(X)
+    is_data = ~np.isnan(X).all(axis=2)
+    # Length = one past the last row that is not entirely NaN.
+    lengths = X.shape[1] - np.argmax(is_data[:, ::-1], axis=1)
+    lengths[~is_data.any(axis=1)] = 0
+    return [X[i, :length] for i, length in enumerate(lengths)]
 
 
 def _as_sequence_list(X):
     """Split X into a list of per-sequence arrays, without copying data."""
     if isinstance(X, np.ndarray) and X.dtype != object:
         if X.ndim == 3:
-            return list(X)
+            return _strip_nan_padding(X)
         if X.ndim == 2:
             # (n_sequences, T): univariate sequences, so that 2-D tabular
             # input (as in scikit-learn's own checks) has a meaning.
-            return list(X[:, :, np.newaxis])
+            return _strip_nan_padding(X[:, :, np.newaxis])
         raise ValueError(
             "X must be a list of (T_i, n_features) arrays, a 3-D array "
             f"(n_sequences, T, n_features) or a 2-D array (n_sequences, T); got an "
@@ -101,7 +112,58 @@ def check_sequences(X, *, dtype, n_features=None):
     return sequences, lengths
 
 
-def check_positive_int(value, name):
-    """Raise a clear error unless ``value`` is an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+def is_per_step_target(y):
+    """Whether y holds one target array per sequence (sequence-to-sequence).
+
+    A list, tuple or object array whose elements are arrays (not scalars) is
+    per-step targets; anything else (a 1-D or 2-D numeric array) holds one
+    target per sequence.
+    """
+    if isinstance(y, np.ndarray) and y.dtype != object:
+        return False
+    if not isinstance(y, (list, tuple, np.ndarray)) or len(y) == 0:
+        return False
+    return np.ndim(y[0]) >= 1
+
+
+def check_step_targets(y, lengths):
+    """Validate per-step targets against the sequences' lengths.
+
+    Parameters
+    ----------
+    y : list of array-like of shape (T_i,) or (T_i, n_outputs)
+    lengths : ndarray of shape (n_sequences,)
+
+    Returns
+    -------
+    targets : ndarray of shape (sum of T_i,) or (sum of T_i, n_outputs)
+        All steps' targets, sequence after sequence.
+    starts : ndarray of shape (n_sequences,), int64
+        Row of each sequence's first step in ``targets``.
+    """
+    if len(y) != len(lengths):
+        raise ValueError(
+            f"X has {len(lengths)} sequences but y has {len(y)} target sequences; "
+            "expected one per sequence."
+        )
+    arrays = []
+    for index, (target, length) in enumerate(zip(y, lengths)):
+        target = np.asarray(target)
+        if target.ndim not in (1, 2):
+            raise ValueError(
+                f"Target sequence {index} has shape {target.shape}; expected (T_i,) or "
+                "(T_i, n_outputs)."
+            )
+        if target.shape[0] != length:
+            raise ValueError(
+                f"Target sequence {index} has {target.shape[0]} steps but sequence {index} "
+                f"of X has {length}; per-step targets need one target per time step."
+            )
+        if arrays and target.shape[1:] != arrays[0].shape[1:]:
+            raise ValueError(
+                f"Target sequence {index} has shape {target.shape}; the first has "
+                f"{arrays[0].shape}: every step needs the same number of outputs."
+            )
+        arrays.append(target)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return np.concatenate(arrays), starts

@@ -86,12 +86,22 @@ def _sequence_model_class():
         head : torch.nn.Linear
             Maps the last layer's final hidden state, directions side by side,
             to the outputs.
+        input_scale, input_shift : Tensor of shape (n_features,), default=None
+            The estimator's input normalisation, x * input_scale +
+            input_shift, applied before the LSTM; None for none.
         """
 
-        def __init__(self, lstm, head):
+        def __init__(self, lstm, head, input_scale=None, input_shift=None):
             super().__init__()
             self.lstm = lstm
             self.head = head
+            self.register_buffer("input_scale", input_scale)
+            self.register_buffer("input_shift", input_shift)
+
+        def _normalise(self, values):
+            if self.input_scale is None:
+                return values
+            return values * self.input_scale + self.input_shift
 
         def forward(self, x, lengths=None):
             """Outputs of each sequence of a batch.
@@ -120,8 +130,9 @@ def _sequence_model_class():
                     raise ValueError("lengths must be None when x is a PackedSequence, "
                                      "which carries the lengths itself.")
                 x = x.to(device=device, dtype=dtype)
+                x = x._replace(data=self._normalise(x.data))
             else:
-                x = torch.as_tensor(x, dtype=dtype, device=device)
+                x = self._normalise(torch.as_tensor(x, dtype=dtype, device=device))
                 if x.dim() != 3:
                     # torch.nn.LSTM would read a 2-D x as one unbatched sequence.
                     raise ValueError(
@@ -231,7 +242,15 @@ def to_torch(estimator):
         # strict loading checks that every name and shape matches.
         lstm.load_state_dict(tensors(lstm.state_dict()))
         head.load_state_dict(tensors(("head.weight", "head.bias"), prefix="head."))
-    return _sequence_model_class()(lstm, head).eval()
+    scale = shift = None
+    if getattr(estimator, "scaler_", None) is not None:
+        # Every normalisation is a per-feature affine map; reading it off two
+        # probe steps (all zeros, all ones) needs no knowledge of the method.
+        probe = np.array([np.zeros(estimator.n_features_in_), np.ones(estimator.n_features_in_)])
+        zero, one = estimator.scaler_.transform([probe])[0].astype(np.float64)
+        scale = torch.as_tensor(one - zero, dtype=dtype)
+        shift = torch.as_tensor(zero, dtype=dtype)
+    return _sequence_model_class()(lstm, head, scale, shift).eval()
 
 
 def _numpy(torch, tensor, dtype):
@@ -346,6 +365,8 @@ def from_torch(lstm, head, *, classes=None, n_features_in=None, dtype="float32",
         )
     n_outputs = head.out_features
 
+    # A torch LSTM reads its inputs as they come.
+    params.setdefault("normalization", None)
     if classes is None:
         estimator = LSTMRegressor(**lstm_params, dtype=dtype, **params)
     else:
@@ -383,6 +404,8 @@ def from_torch(lstm, head, *, classes=None, n_features_in=None, dtype="float32",
         weights["head.bias"] = weights["head.bias"][order]
     estimator.n_features_in_ = lstm.input_size
     estimator.weights_ = weights
+    estimator.scaler_ = None
+    estimator.output_mode_ = "last"
     # No training happened, so no kernels ran and no epochs were recorded.
     estimator.backend_ = None
     estimator.history_ = []

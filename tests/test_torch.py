@@ -94,8 +94,9 @@ def test_fitted_classifier_runs_in_torch():
     rng = np.random.default_rng(0)
     X = [rng.standard_normal((rng.integers(2, 9), N_FEATURES)).astype(np.float32) for _ in range(40)]
     y = rng.integers(0, 3, 40)
+    # No input normalisation: the raw torch modules below have none.
     clf = LSTMClassifier(hidden_size=6, num_layers=2, bidirectional=True, proj_size=4,
-                         max_epochs=2, random_state=0).fit(X, y)
+                         normalization=None, max_epochs=2, random_state=0).fit(X, y)
     lstm = torch.nn.LSTM(N_FEATURES, 6, num_layers=2, bidirectional=True, proj_size=4)
     head = torch.nn.Linear(8, 3)
     lstm.load_state_dict({name: torch.tensor(clf.weights_[name]) for name in lstm.state_dict()})

@@ -25,7 +25,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from ._backends import BACKEND_NAMES, get_backend
 from ._kernels._activations import GATE_ACTIVATIONS, STATE_ACTIVATIONS
@@ -349,6 +349,10 @@ or list of array-like of shape (T_i,) or (T_i, n_outputs)
 
     def _fit(self, X, y, sample_weight, validation_data, *, warm, n_epochs, incremental,
              classes=None):
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None."
+            )
         dtype = np.dtype(self.dtype)
         sequences, lengths = check_sequences(
             X, dtype=dtype, n_features=self.n_features_in_ if warm else None)
@@ -835,6 +839,8 @@ class LSTMClassifier(ClassifierMixin, BaseLSTM):
                 raise ValueError("Per-step class labels must be 1-D arrays, one label per step.")
         else:
             labels, starts = np.asarray(y), None
+            if labels.ndim == 2 and labels.shape[1] == 1:
+                labels = column_or_1d(labels, warn=True)  # DataConversionWarning, as sklearn's
             if labels.ndim != 1:
                 raise ValueError(
                     f"y has shape {labels.shape}; a classifier takes one label per sequence "
@@ -1026,9 +1032,16 @@ class LSTMRegressor(RegressorMixin, BaseLSTM):
         return r2_score(targets.values, outputs, sample_weight=targets.weights)
 
     def _format_predictions(self, outputs, lengths):
+        # float64 as predict_proba and scikit-learn's regressors (lossless from float32).
+        outputs = outputs.astype(np.float64)
         if self._y_ndim == 1:
             outputs = outputs[:, 0]
         return self._split_steps(outputs, lengths) if self.output_mode_ == "sequence" else outputs
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True  # y may be (n_sequences, n_outputs)
+        return tags
 
     def partial_fit(self, X, y, sample_weight=None):
         """One pass over the given data, continuing from the current state.

@@ -416,7 +416,7 @@ class TrainingLog:
         if self.verbose < 1:
             return
         if self.verbose >= 2:
-            self.stream.write("\r")
+            self.stream.write("\n")  # keep the finished progress bar on its own line
         if not self._header_done:
             self.stream.write("| epoch | iteration | elapsed (s) | train loss | val loss "
                               "| val score | learning rate |\n")

@@ -206,7 +206,8 @@ class SequenceScaler(
     -----
     Statistics are computed in float64. float32 and float64 inputs keep their
     dtype in the output; other numeric inputs come out as float64. A feature
-    with no non-NaN value at all gets NaN statistics.
+    with no non-NaN value at all gets NaN statistics (and ``scale_`` 1), so
+    its output is NaN.
 
     ``partial_fit`` merges the statistics of each batch into the running
     ones with the pairwise update of Chan, Golub and LeVeque (counts, means
@@ -347,14 +348,14 @@ class SequenceScaler(
                 f"with another method than method={self.method!r}. Call fit again."
             )
 
-    def _frames(self, X):
+    def _frames(self, X, expected):
         """Validate X and return (is_list, data, frames).
 
-        ``frames`` is every time step of every sequence, stacked as a
-        (n_steps, n_features) array (a view where possible).
+        ``expected`` is the required number of features (None: any, the same
+        for all sequences). ``frames`` is every time step of every sequence,
+        stacked as a (n_steps, n_features) array (a view where possible).
         """
         is_list, data = _read_container(X)
-        expected = getattr(self, "n_features_in_", None)
         if is_list:
             data = [self._as_2d(seq, i, expected) for i, seq in enumerate(data)]
             expected = data[0].shape[1] if expected is None else expected
@@ -409,7 +410,7 @@ class SequenceScaler(
 
     def _update(self, X, *, first):
         """Merge the statistics of X into the fitted ones (or set them)."""
-        _, data, frames = self._frames(X)
+        _, data, frames = self._frames(X, None if first else self.n_features_in_)
         _raise_on_infinity(frames, data)
         frames = frames.astype(np.float64, copy=False)
         missing = np.isnan(frames)
@@ -423,27 +424,20 @@ class SequenceScaler(
                 "none with a non-NaN value. At least one is required."
             )
         updates = {}
+        total = count + (0 if first else self.n_steps_seen_)
         if self.method in ("zscore", "zerocenter"):
-            values = np.where(missing, 0.0, frames) if has_missing else frames
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mean = values.sum(axis=0) / count
-            mean = np.where(count > 0, mean, 0.0)
-            deviation = frames - mean
-            if has_missing:
-                deviation[missing] = 0.0
-            m2 = np.einsum("ij,ij->j", deviation, deviation)
+            with_var = self.method == "zscore"
+            mean, m2 = _moments(frames, missing if has_missing else None, count, with_var)
             if not first:
                 mean, m2 = _merge_moments(
-                    self.n_steps_seen_, self.mean_, self.var_ if self.method == "zscore"
-                    else np.zeros_like(self.mean_), count, mean, m2,
+                    self.n_steps_seen_, self.mean_, self.var_ if with_var else None,
+                    count, mean, m2,
                 )
-            total = count + (0 if first else self.n_steps_seen_)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                updates["mean_"] = np.where(total > 0, mean, np.nan)
-                var = np.where(total > 0, m2 / total, np.nan)
-            if self.method == "zscore":
-                updates["var_"] = var
-                updates["scale_"] = _std_to_scale(var, updates["mean_"], total)
+            updates["mean_"] = np.where(total > 0, mean, np.nan)
+            if with_var:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    updates["var_"] = np.where(total > 0, m2 / total, np.nan)
+                updates["scale_"] = _std_to_scale(updates["var_"], updates["mean_"], total)
         else:
             # fmin/fmax skip NaN; a feature with no value keeps +-inf -> NaN.
             low = np.fmin.reduce(frames, axis=0, initial=np.inf)
@@ -451,7 +445,6 @@ class SequenceScaler(
             if not first:
                 low = np.fmin(low, self.data_min_)
                 high = np.fmax(high, self.data_max_)
-            total = count + (0 if first else self.n_steps_seen_)
             updates["data_min_"] = np.where(total > 0, low, np.nan)
             updates["data_max_"] = np.where(total > 0, high, np.nan)
             updates["data_range_"] = updates["data_max_"] - updates["data_min_"]
@@ -514,23 +507,57 @@ def _affine_inverse(values, center, scale, shift):
     return out
 
 
+def _moments(frames, missing, count, with_m2):
+    """Per-feature mean and sum of squared deviations, skipping NaN.
+
+    Parameters
+    ----------
+    frames : ndarray of shape (n_steps, n_features), float64
+        The stacked time steps.
+    missing : ndarray of bool of the same shape, or None
+        Where ``frames`` is NaN (None if nowhere).
+    count : ndarray of shape (n_features,)
+        Number of non-NaN values per feature.
+    with_m2 : bool
+        Whether to compute the sum of squared deviations (two-pass).
+
+    Returns
+    -------
+    mean : ndarray of shape (n_features,)
+        0 for a feature without values.
+    m2 : ndarray of shape (n_features,), or None
+        Sum of squared deviations from ``mean``.
+    """
+    values = frames if missing is None else np.where(missing, 0.0, frames)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, values.sum(axis=0) / count, 0.0)
+    if not with_m2:
+        return mean, None
+    deviation = values - mean
+    if missing is not None:
+        deviation[missing] = 0.0
+    return mean, np.einsum("ij,ij->j", deviation, deviation)
+
+
 def _merge_moments(n_a, mean_a, var_a, n_b, mean_b, m2_b):
     """Merge (count, mean, sum of squared deviations) of two parts, per feature.
 
     Chan, Golub and LeVeque's pairwise update; parts with a zero count
-    contribute nothing (their mean may be NaN or anything).
+    contribute nothing (their mean may be NaN or anything). With ``var_a``
+    None only the means are merged (and None is returned for m2).
     """
     n_a = n_a.astype(np.float64)
     n_b = n_b.astype(np.float64)
     n = n_a + n_b
     mean_a = np.where(n_a > 0, mean_a, 0.0)
-    m2_a = np.where(n_a > 0, var_a * n_a, 0.0)
     delta = mean_b - mean_a
     with np.errstate(invalid="ignore", divide="ignore"):
         weight_b = np.where(n > 0, n_b / n, 0.0)
     mean = mean_a + delta * weight_b
-    m2 = m2_a + m2_b + delta * delta * n_a * weight_b
-    return mean, m2
+    if var_a is None:
+        return mean, None
+    m2_a = np.where(n_a > 0, var_a * n_a, 0.0)
+    return mean, m2_a + m2_b + delta * delta * n_a * weight_b
 
 
 def _std_to_scale(var, mean, count):
@@ -755,12 +782,16 @@ class FrameTransformer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=No
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        inner = get_tags(self.transformer)
         tags.input_tags.three_d_array = True
         # All-NaN frames are padding; other NaN go to the inner transformer.
         tags.input_tags.allow_nan = True
-        tags.transformer_tags.preserves_dtype = list(inner.transformer_tags.preserves_dtype) \
-            if inner.transformer_tags is not None else []
+        try:
+            inner = get_tags(self.transformer)
+        except AttributeError:  # not an estimator: fit will say so
+            return tags
+        if inner.transformer_tags is not None:
+            tags.transformer_tags.preserves_dtype = list(
+                inner.transformer_tags.preserves_dtype)
         tags.non_deterministic = inner.non_deterministic
         return tags
 
@@ -822,7 +853,7 @@ class FrameTransformer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=No
                         f"{frame_shape} (as in {source}); all frames must have the "
                         "same shape."
                     )
-                sequences.append(seq.reshape(seq.shape[0], -1))
+                sequences.append(seq.reshape(seq.shape[0], math.prod(shape)))
             lengths = [len(seq) for seq in sequences]
             frames = np.concatenate(sequences, axis=0)
             array_shape = None

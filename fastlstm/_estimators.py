@@ -1004,6 +1004,11 @@ class LSTMRegressor(RegressorMixin, BaseLSTM):
                     f"of per-step arrays; got shape {values.shape}."
                 )
             _check_n_targets(len(values), len(lengths))
+        if values.dtype == object:  # numbers stored as objects, as check_X_y converts
+            try:
+                values = values.astype(np.float64)
+            except (TypeError, ValueError):
+                pass
         if values.dtype == object or not np.issubdtype(values.dtype, np.number):
             raise TypeError(f"y must be numeric for a regressor; got dtype {values.dtype}.")
         if not np.isfinite(values).all():

@@ -173,3 +173,28 @@ def test_verbose_prints_a_table_and_a_progress_bar(capsys):
     assert "[" in out and "#" in out and "3/3\n" in out
     LSTMClassifier(max_epochs=1, **FAST).fit(X, y)
     assert capsys.readouterr().out == ""
+
+
+def test_invalid_parameter_values_list_the_valid_ones():
+    X, y = sign_task(10)
+    for name, bad, valid in [
+        ("optimizer", "adamw", ["adam", "rmsprop", "sgdm"]),
+        ("normalization", "minmax", ["zscore", "zerocenter", "rescale-symmetric", "rescale-zero-one"]),
+        ("shuffle", "always", ["every-epoch", "once", "never"]),
+    ]:
+        with pytest.raises(ValueError, match=f"'{name}' parameter.*Got '{bad}'") as error:
+            LSTMClassifier(**{name: bad}).fit(X, y)
+        assert all(f"'{option}'" in str(error.value) for option in valid)
+
+
+def test_weights_with_per_step_targets():
+    X, _ = sign_task(60)
+    y = [np.where(np.cumsum(s[:, 0]) > 0, "up", "down") for s in X]
+    plain = LSTMClassifier(max_epochs=2, **FAST).fit(X, y)
+    ones = LSTMClassifier(max_epochs=2, **FAST).fit(X, y, sample_weight=np.ones(60))
+    for name, value in plain.weights_.items():
+        np.testing.assert_array_equal(ones.weights_[name], value)
+    balanced = LSTMClassifier(max_epochs=2, class_weight="balanced", **FAST).fit(X, y)
+    assert not np.array_equal(balanced.weights_["head.bias"], plain.weights_["head.bias"])
+    half = LSTMClassifier(max_epochs=2, **FAST).fit(X, y, sample_weight=np.r_[np.ones(30), np.zeros(30)])
+    assert not np.array_equal(half.weights_["head.bias"], plain.weights_["head.bias"])

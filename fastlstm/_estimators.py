@@ -1011,6 +1011,8 @@ class LSTMRegressor(RegressorMixin, BaseLSTM):
                 pass
         if values.dtype == object or not np.issubdtype(values.dtype, np.number):
             raise TypeError(f"y must be numeric for a regressor; got dtype {values.dtype}.")
+        if np.iscomplexobj(values):
+            raise ValueError("Complex data not supported: y must be real for a regressor.")
         if not np.isfinite(values).all():
             row = int(np.nonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))[0][0])
             where = f"target row {row}" if not per_step else f"step row {row} of the stacked targets"

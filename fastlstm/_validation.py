@@ -10,6 +10,7 @@ read-only memory maps work), any other is copied once.
 """
 
 import numpy as np
+from scipy import sparse
 
 
 def _strip_nan_padding(X):
@@ -25,7 +26,19 @@ def _strip_nan_padding(X):
 
 def _as_sequence_list(X):
     """Split X into a list of per-sequence arrays, without copying data."""
+    if sparse.issparse(X):
+        raise TypeError(
+            "Sparse input is not supported: an LSTM reads dense sequences. Pass "
+            "X.toarray() (a 2-D array is read as univariate sequences (n_sequences, T))."
+        )
+    if not isinstance(X, (list, tuple, np.ndarray)) and hasattr(X, "__array__"):
+        X = np.asarray(X)  # array-likes (DataFrame, xarray): by rows, not by iteration
     if isinstance(X, np.ndarray) and X.dtype != object:
+        if X.ndim in (2, 3) and 0 in X.shape[1:]:
+            raise ValueError(
+                f"Found array with 0 feature(s) (shape={X.shape}) while a minimum of 1 is "
+                "required: X must have at least one time step and one feature."
+            )
         if X.ndim == 3:
             return _strip_nan_padding(X)
         if X.ndim == 2:
@@ -35,7 +48,8 @@ def _as_sequence_list(X):
         raise ValueError(
             "X must be a list of (T_i, n_features) arrays, a 3-D array "
             f"(n_sequences, T, n_features) or a 2-D array (n_sequences, T); got an "
-            f"array with {X.ndim} dimension(s) of shape {X.shape}."
+            f"array with {X.ndim} dimension(s) of shape {X.shape}. Reshape your data: "
+            "X[np.newaxis] is one univariate sequence."
         )
     if isinstance(X, (str, bytes)) or not hasattr(X, "__len__"):
         raise TypeError(
@@ -80,7 +94,16 @@ def check_sequences(X, *, dtype, n_features=None):
             seq = np.asarray(seq)
         except ValueError as error:  # e.g. a ragged nested list inside one sequence
             raise ValueError(f"Sequence {index} of X is not a rectangular array: {error}") from None
-        if seq.dtype == object or not (
+        if np.iscomplexobj(seq):
+            raise ValueError(f"Complex data not supported (sequence {index} of X).")
+        if seq.dtype == object:  # numbers stored as objects, as check_array converts
+            try:
+                seq = seq.astype(np.float64)
+            except (TypeError, ValueError) as error:
+                raise TypeError(
+                    f"Sequence {index} of X has dtype object with non-numeric elements: {error}"
+                ) from None
+        if not (
             np.issubdtype(seq.dtype, np.number) or seq.dtype == bool
         ):
             raise TypeError(

@@ -124,7 +124,7 @@ def test_partial_fit_streams_chunks():
     clf = LSTMClassifier(**FAST)
     with pytest.raises(ValueError, match="classes must be passed on the first call"):
         clf.partial_fit(X[:50], y[:50])
-    for epoch in range(8):
+    for _ in range(8):
         for start in range(0, 300, 100):
             clf.partial_fit(X[start:start + 100], y[start:start + 100], classes=[0, 1])
     assert clf.n_iter_ == 24 and len(clf.history_) == 24

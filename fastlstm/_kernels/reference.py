@@ -134,7 +134,6 @@ def sequence_backward(x, W, R, bias, W_proj, h0, c0, gate_kind, state_kind,
     dx, dW, dR, dbias, dW_proj, dh0, dc0
         Gradients with respect to each input.
     """
-    hidden = c0.shape[0]
     hs, cs, zs = sequence_forward(x, W, R, bias, W_proj, h0, c0, gate_kind, state_kind)
     h_prev = np.vstack([h0[None], hs[:-1]])
     c_prev = np.vstack([c0[None], cs[:-1]])

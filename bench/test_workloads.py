@@ -1,0 +1,529 @@
+"""fastlstm against PyTorch, workload by workload, in one pytest-benchmark run.
+
+One benchmark group per workload; inside a group the fastlstm and PyTorch
+entries run one right after the other, so their ratio comes from the same run
+(the machine's speed drifts over minutes: compare entries of one run only).
+For W1 and W2 training an extra entry also interleaves the two step by step.
+
+Time budgets: each per-call entry runs ``max_rounds`` rounds, or fewer when
+its warm-up shows they would take longer than ``ENTRY_BUDGET_S`` (never fewer
+than ``MIN_ROUNDS``); the end-to-end PyTorch fits stop at a deadline and are
+extrapolated to 100 epochs. On a quiet 2-core machine the whole suite takes
+about 3-4 minutes; on a loaded one PyTorch at 2 threads can slow down by 10x
+or more (OpenMP threads waiting on a busy core) and the budgets keep the
+suite's duration bounded. The rounds actually run are in ``extra_info``.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import _workloads as wl
+import numpy as np
+import pytest
+from conftest import TORCH_THREADS, record, torch_threads
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, "_subprocess_worker.py")
+
+ENTRY_BUDGET_S = 2.5
+MIN_ROUNDS = 10
+# (max rounds, warm-up rounds) of the training-step entries.
+TRAIN_ROUNDS = {"W1": (150, 10), "W2": (150, 10), "W3": (4, 1)}
+INFER_ROUNDS = (200, 10)
+BUSY_ROUNDS = (60, 5)
+INTERLEAVED_BLOCKS, INTERLEAVED_BLOCK, INTERLEAVED_BLOCK_WARMUP = 24, 12, 2
+INTERLEAVED_BUDGET_S = 5.0
+JV_EPOCHS, JV_QUICK_EPOCHS = 100, 10
+JV_TORCH_DEADLINE_S, JV_TORCH_QUICK_DEADLINE_S = 30.0, 8.0
+
+
+def run_budgeted(benchmark, function, *, max_rounds, warmup_rounds, iterations=1,
+                 budget_s=ENTRY_BUDGET_S, min_rounds=MIN_ROUNDS):
+    """``benchmark.pedantic`` with as many rounds as fit the time budget.
+
+    The warm-up rounds run here, timed, and their median sets the number of
+    measured rounds: ``max_rounds`` at most, ``min_rounds`` at least.
+    """
+    warm = []
+    for _ in range(max(warmup_rounds, 1)):
+        start = time.perf_counter()
+        for _ in range(iterations):
+            function()
+        warm.append(time.perf_counter() - start)
+    per_round = float(np.median(warm))
+    rounds = max_rounds
+    if per_round > 0:
+        rounds = int(min(max_rounds, max(min_rounds, budget_s // per_round)))
+    benchmark.extra_info["rounds_run"] = rounds
+    return benchmark.pedantic(function, rounds=rounds, iterations=iterations, warmup_rounds=0)
+
+
+def run_once(benchmark, function, setup=None, rounds=1):
+    if setup is None:
+        return benchmark.pedantic(function, rounds=rounds, iterations=1)
+    return benchmark.pedantic(function, setup=setup, rounds=rounds)
+
+
+def _torch_label(base, threads):
+    if threads == TORCH_THREADS:
+        return base
+    return f"{base} {threads} thread" + ("s" if threads > 1 else "")
+
+
+# ======================================================================================
+# W1, W2, W3: one training iteration
+# ======================================================================================
+
+
+def _train_fastlstm(benchmark, name, n_jobs, *, group, rounds, **extra):
+    spec = wl.SPECS[name]
+    step = wl.FastlstmTrainStep(spec, n_jobs=n_jobs)
+    label = "fastlstm" if n_jobs is None else f"fastlstm n_jobs={n_jobs}"
+    record(benchmark, workload=group, impl="fastlstm", label=label, primary=n_jobs is None,
+           flops=spec.train_flops(), threads=step.n_threads, backend=step.backend.name,
+           n_shards=len(step.chunk), **extra)
+    with step:
+        run_budgeted(benchmark, step.step, max_rounds=rounds[0], warmup_rounds=rounds[1])
+
+
+def _train_torch(benchmark, torch, device, name, threads, *, group, rounds, fused_adam=False,
+                 **extra):
+    spec = wl.SPECS[name]
+    step = wl.TorchTrainStep(spec, device=device, fused_adam=fused_adam)
+    label = _torch_label("torch" + (" fused Adam" if fused_adam else ""), threads)
+    record(benchmark, workload=group, impl="torch", label=label, flops=spec.train_flops(),
+           threads=threads, device=device, torch_version=torch.__version__, **extra)
+    with torch_threads(threads):
+        run_budgeted(benchmark, step.step, max_rounds=rounds[0], warmup_rounds=rounds[1])
+
+
+# Per workload, fastlstm and PyTorch entries next to each other: the time
+# between them is short, so drift changes their ratio little.
+TRAIN_CASES = [
+    pytest.param(name, impl, variant, id=f"{name}-{impl}" + (f"-{variant}" if variant else ""))
+    for name in ("W1", "W2", "W3")
+    for impl, variant in (("fastlstm", None), ("fastlstm", "n_jobs=1"), ("torch", None),
+                          ("torch", "1-thread"))
+    + ((("torch", "fused-adam"),) if name == "W1" else ())
+]
+
+
+@pytest.mark.parametrize(("name", "impl", "variant"), TRAIN_CASES)
+def test_train(benchmark, device, request, name, impl, variant):
+    """One training iteration on a fixed batch.
+
+    fastlstm: ``Trainer._step`` (forward, loss, backward, L2, Adam) with the
+    estimator's defaults, ``n_jobs`` default (all cores) or 1. PyTorch:
+    zero_grad, forward, loss, backward, Adam step, at 2 threads (and 1).
+    """
+    benchmark.group = f"{name}-train"
+    rounds = TRAIN_ROUNDS[name]
+    if impl == "fastlstm":
+        request.getfixturevalue("fastlstm_ready")
+        n_jobs = 1 if variant == "n_jobs=1" else None
+        _train_fastlstm(benchmark, name, n_jobs, group=benchmark.group, rounds=rounds)
+    else:
+        torch = request.getfixturevalue("torch_ready")
+        threads = 1 if variant == "1-thread" else TORCH_THREADS
+        _train_torch(benchmark, torch, device, name, threads, group=benchmark.group,
+                     rounds=rounds, fused_adam=variant == "fused-adam")
+
+
+@pytest.mark.parametrize("name", ["W1", "W2"])
+def test_train_interleaved(benchmark, fastlstm_ready, torch_ready, device, name):
+    """fastlstm and PyTorch (2 threads) in alternating blocks, so that drift
+    hits both alike.
+
+    Blocks of ``INTERLEAVED_BLOCK`` back-to-back steps, in ABBA order; the
+    first ``INTERLEAVED_BLOCK_WARMUP`` steps of each block are not counted.
+    (Alternating single steps penalises whichever runs second: measured
+    here, a fastlstm W1 step right after a PyTorch step takes 7.5-8 ms
+    instead of 4.9 ms, with cold caches and a sleeping worker thread;
+    a sleep between steps to let PyTorch's OpenMP threads go idle adds ~1 ms
+    by itself.) The timed call is the whole alternation; the per-library
+    medians are in ``extra_info`` (``fastlstm_median_s``, ``torch_median_s``).
+    """
+    if device != "cpu":
+        pytest.skip("interleaving compares CPU implementations")
+    spec = wl.SPECS[name]
+    benchmark.group = f"{name}-train-interleaved"
+    fast = wl.FastlstmTrainStep(spec)
+    torch_step = wl.TorchTrainStep(spec, device=device)
+    times = {"fastlstm": [], "torch": []}
+
+    def alternate():
+        with fast, torch_threads(TORCH_THREADS):
+            for _ in range(5):
+                fast.step()
+                torch_step.step()
+            start_all = time.perf_counter()
+            for block in range(INTERLEAVED_BLOCKS):
+                which = "fastlstm" if block % 4 in (0, 3) else "torch"  # ABBA
+                run = fast.step if which == "fastlstm" else torch_step.step
+                for index in range(INTERLEAVED_BLOCK):
+                    start = time.perf_counter()
+                    run()
+                    if index >= INTERLEAVED_BLOCK_WARMUP:
+                        times[which].append(time.perf_counter() - start)
+                if block % 4 == 3 and time.perf_counter() - start_all > INTERLEAVED_BUDGET_S:
+                    break
+
+    run_once(benchmark, alternate)
+    fast_median = float(np.median(times["fastlstm"]))
+    torch_median = float(np.median(times["torch"]))
+    record(benchmark, workload=f"{name}-train", impl="interleaved", label="interleaved A/B",
+           flops=spec.train_flops(), fastlstm_median_s=fast_median, torch_median_s=torch_median,
+           speedup=torch_median / fast_median, steps_counted=len(times["fastlstm"]),
+           block=INTERLEAVED_BLOCK, block_warmup=INTERLEAVED_BLOCK_WARMUP,
+           threads_fastlstm=fast.n_threads, threads_torch=TORCH_THREADS)
+
+
+# ======================================================================================
+# Inference of a batch (W1, W2)
+# ======================================================================================
+
+
+def _infer_onnxruntime(benchmark, torch, spec, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    infer = wl.TorchInference(spec)
+    path = str(tmp_path / f"{spec.name}.onnx")
+    try:
+        try:
+            torch.onnx.export(infer.model, (infer.X,), path, input_names=["x"],
+                              output_names=["y"], dynamo=False)
+        except TypeError:  # an exporter without the dynamo switch
+            torch.onnx.export(infer.model, (infer.X,), path, input_names=["x"],
+                              output_names=["y"])
+    except Exception as error:  # noqa: BLE001 - a missing exporter dependency, say
+        pytest.skip(f"could not export the {spec.name} model to ONNX: {error}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = TORCH_THREADS
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    feed = {"x": infer.X.numpy()}
+    record(benchmark, workload=benchmark.group, impl="onnxruntime", label="onnxruntime",
+           flops=spec.forward_flops(), threads=TORCH_THREADS, ort_version=ort.__version__)
+    run_budgeted(benchmark, lambda: session.run(None, feed), max_rounds=INFER_ROUNDS[0],
+                 warmup_rounds=INFER_ROUNDS[1])
+
+
+INFER_CASES = [
+    pytest.param("W1", "fastlstm", id="W1-fastlstm"),
+    pytest.param("W1", "fastlstm-predict_proba", id="W1-fastlstm-predict_proba"),
+    pytest.param("W1", "torch", id="W1-torch"),
+    pytest.param("W1", "torch-1-thread", id="W1-torch-1-thread"),
+    pytest.param("W1", "onnxruntime", id="W1-onnxruntime"),
+    pytest.param("W2", "fastlstm", id="W2-fastlstm"),
+    pytest.param("W2", "torch", id="W2-torch"),
+]
+
+
+@pytest.mark.parametrize(("name", "impl"), INFER_CASES)
+def test_infer(benchmark, device, request, tmp_path, name, impl):
+    """Inference of the workload's batch.
+
+    fastlstm: ``network_outputs`` (the network and output layer, as
+    ``predict`` runs them after checking and scaling the input), and for W1
+    also ``predict_proba`` on a fitted estimator (the whole user call).
+    PyTorch: a ``no_grad`` forward at 2 threads (and 1). ONNX Runtime (if
+    installed, CPU only): the PyTorch model exported to ONNX, 2 threads.
+    """
+    spec = wl.SPECS[name]
+    benchmark.group = f"{name}-infer"
+    rounds = {"max_rounds": INFER_ROUNDS[0], "warmup_rounds": INFER_ROUNDS[1]}
+    if impl == "fastlstm":
+        ready = request.getfixturevalue("fastlstm_ready")
+        infer = wl.FastlstmInference(spec)
+        record(benchmark, workload=benchmark.group, impl="fastlstm",
+               label="fastlstm network_outputs", primary=True, flops=spec.forward_flops(),
+               threads=infer.n_threads, backend=ready)
+        run_budgeted(benchmark, infer, **rounds)
+    elif impl == "fastlstm-predict_proba":
+        request.getfixturevalue("fastlstm_ready")
+        clf = wl.fitted_fastlstm_estimator(spec)
+        sequences = list(wl.make_data(spec)[0])
+        record(benchmark, workload=benchmark.group, impl="fastlstm",
+               label="fastlstm predict_proba", flops=spec.forward_flops(), backend=clf.backend_)
+        run_budgeted(benchmark, lambda: clf.predict_proba(sequences), **rounds)
+    elif impl.startswith("torch"):
+        torch = request.getfixturevalue("torch_ready")
+        threads = 1 if impl == "torch-1-thread" else TORCH_THREADS
+        infer = wl.TorchInference(spec, device=device)
+        record(benchmark, workload=benchmark.group, impl="torch",
+               label=_torch_label("torch", threads), flops=spec.forward_flops(),
+               threads=threads, device=device)
+        with torch_threads(threads):
+            run_budgeted(benchmark, infer, **rounds)
+    else:
+        torch = request.getfixturevalue("torch_ready")
+        if device != "cpu":
+            pytest.skip("the ONNX Runtime entry runs on the CPU only")
+        _infer_onnxruntime(benchmark, torch, spec, tmp_path)
+
+
+# ======================================================================================
+# W4: streaming inference, batch 1
+# ======================================================================================
+
+W4_STEP_ROUNDS = {"max_rounds": 60, "warmup_rounds": 2, "iterations": 50}
+W4_SEQUENCE_ROUNDS = {"max_rounds": 40, "warmup_rounds": 3}
+
+
+@pytest.fixture(scope="module")
+def w4_regressor(fastlstm_ready):
+    """A fitted per-step LSTMRegressor (input 8, hidden 128)."""
+    return wl.fitted_fastlstm_estimator(wl.W4, per_step=True, n_sequences=8, n_steps=20)
+
+
+@pytest.mark.parametrize("n_jobs", [None, 1], ids=["default", "n_jobs=1"])
+def test_w4_step_fastlstm(benchmark, w4_regressor, n_jobs):
+    """predict_and_update_state on one step of one sequence, state carried."""
+    benchmark.group = "W4-step"
+    regressor = w4_regressor.set_params(n_jobs=n_jobs)
+    regressor.reset_state()
+    x = np.random.RandomState(0).standard_normal((1, 1, wl.W4.input_size)).astype(wl.DTYPE)
+    label = "fastlstm" if n_jobs is None else f"fastlstm n_jobs={n_jobs}"
+    record(benchmark, workload=benchmark.group, impl="fastlstm", label=label,
+           primary=n_jobs is None, flops=wl.W4.forward_flops(1), backend=regressor.backend_)
+    try:
+        run_budgeted(benchmark, lambda: regressor.predict_and_update_state(x), **W4_STEP_ROUNDS)
+    finally:
+        regressor.set_params(n_jobs=None).reset_state()
+
+
+def test_w4_step_torch(benchmark, torch_ready, device):
+    """``nn.LSTMCell`` and the linear head, one step, state carried, ``no_grad``."""
+    benchmark.group = "W4-step"
+    step = wl.TorchStreamingStep(wl.W4, device=device)
+    record(benchmark, workload=benchmark.group, impl="torch", label="torch LSTMCell",
+           flops=wl.W4.forward_flops(1), threads=TORCH_THREADS, device=device)
+    with torch_threads(TORCH_THREADS):
+        run_budgeted(benchmark, step, **W4_STEP_ROUNDS)
+
+
+def test_w4_sequence_fastlstm(benchmark, w4_regressor):
+    """predict on one (1000, 8) sequence, an output at every step."""
+    benchmark.group = "W4-1000-steps"
+    x = np.random.RandomState(0).standard_normal(
+        (wl.W4_LONG_STEPS, wl.W4.input_size)).astype(wl.DTYPE)
+    record(benchmark, workload=benchmark.group, impl="fastlstm", label="fastlstm", primary=True,
+           flops=wl.W4.forward_flops(wl.W4_LONG_STEPS), backend=w4_regressor.backend_)
+    run_budgeted(benchmark, lambda: w4_regressor.predict([x]), **W4_SEQUENCE_ROUNDS)
+
+
+def test_w4_sequence_torch(benchmark, torch_ready, device):
+    """``nn.LSTM`` over the (1000, 1, 8) sequence and the head on every step."""
+    benchmark.group = "W4-1000-steps"
+    infer = wl.TorchSequenceInference(wl.W4, wl.W4_LONG_STEPS, device=device)
+    record(benchmark, workload=benchmark.group, impl="torch", label="torch nn.LSTM",
+           flops=wl.W4.forward_flops(wl.W4_LONG_STEPS), threads=TORCH_THREADS, device=device)
+    with torch_threads(TORCH_THREADS):
+        run_budgeted(benchmark, infer, **W4_SEQUENCE_ROUNDS)
+
+
+# ======================================================================================
+# Japanese Vowels: the MATLAB recipe end to end
+# ======================================================================================
+
+
+@pytest.fixture(scope="module")
+def jv_data():
+    return wl.japanese_vowels()
+
+
+def _jv_flops(X_train, epochs):
+    total_steps = sum(len(seq) for seq in X_train)
+    return wl.TRAIN_FLOP_FACTOR * wl.lstm_forward_flops(
+        X_train[0].shape[1], 100, 1, True, total_steps) * epochs
+
+
+def test_jv_full_fastlstm(benchmark, fastlstm_ready, jv_data, quick):
+    """``LSTMClassifier(...).fit`` on the 270 training sequences (timed), then
+    its test accuracy (not timed)."""
+    benchmark.group = "JV-full"
+    epochs = JV_QUICK_EPOCHS if quick else JV_EPOCHS
+    X_train, y_train, X_test, y_test = jv_data
+    fitted = []
+    run_once(benchmark, lambda: fitted.append(wl.fastlstm_jv_fit(X_train, y_train, epochs)))
+    clf = fitted[-1]
+    seconds = benchmark.stats.stats.median
+    epoch_seconds = [entry["seconds"] for entry in clf.history_]
+    record(benchmark, workload=benchmark.group, impl="fastlstm", label="fastlstm fit()",
+           primary=True, flops=_jv_flops(X_train, epochs), epochs=epochs,
+           target_epochs=JV_EPOCHS, epoch_seconds=epoch_seconds,
+           estimate_target_epochs_s=wl.extrapolate(seconds, epoch_seconds, JV_EPOCHS),
+           test_accuracy=float(clf.score(X_test, y_test)), backend=clf.backend_)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_jv_full_torch(benchmark, torch_ready, device, jv_data, quick, packed):
+    """The same recipe in PyTorch (2 threads), stopped at a deadline and then
+    extrapolated to 100 epochs if it is slower than the budget allows."""
+    benchmark.group = "JV-full"
+    epochs = JV_QUICK_EPOCHS if quick else JV_EPOCHS
+    deadline = JV_TORCH_QUICK_DEADLINE_S if quick else JV_TORCH_DEADLINE_S
+    X_train, y_train, X_test, y_test = jv_data
+    fitted = []
+    with torch_threads(TORCH_THREADS):
+        run_once(benchmark, lambda: fitted.append(wl.torch_jv_fit(
+            X_train, y_train, epochs, packed=packed, device=device, deadline_s=deadline)))
+        predict, epoch_seconds = fitted[-1]
+        accuracy = float(np.mean(predict(X_test) == np.asarray(y_test)))
+    seconds = benchmark.stats.stats.median
+    done = len(epoch_seconds)
+    record(benchmark, workload=benchmark.group, impl="torch",
+           label="torch packed" if packed else "torch padded",
+           flops=_jv_flops(X_train, done), epochs=done, epochs_asked=epochs,
+           target_epochs=JV_EPOCHS, epoch_seconds=epoch_seconds,
+           estimate_target_epochs_s=wl.extrapolate(seconds, epoch_seconds, JV_EPOCHS),
+           stopped_at_deadline=done < epochs, deadline_s=deadline, test_accuracy=accuracy,
+           threads=TORCH_THREADS, device=device)
+
+
+# ======================================================================================
+# W1 and W2 training with the other core busy
+# ======================================================================================
+
+BUSY_CASES = [
+    pytest.param(name, impl, threads, id=f"{name}-{impl}-{threads or 'default'}")
+    for name in ("W1", "W2")
+    for impl, threads in (("fastlstm", None), ("fastlstm", 1), ("torch", 2), ("torch", 1))
+]
+
+
+@pytest.mark.parametrize(("name", "impl", "threads"), BUSY_CASES)
+def test_train_busy(benchmark, busy_core, device, name, impl, threads, request):
+    """One training iteration while a busy-loop process holds one core."""
+    if device != "cpu":
+        pytest.skip("the busy-core entries measure CPU contention")
+    group = f"{name}-train-busy"
+    benchmark.group = group
+    if impl == "fastlstm":
+        request.getfixturevalue("fastlstm_ready")
+        _train_fastlstm(benchmark, name, threads, group=group, rounds=BUSY_ROUNDS,
+                        other_core_busy=True)
+    else:
+        torch = request.getfixturevalue("torch_ready")
+        _train_torch(benchmark, torch, device, name, threads, group=group, rounds=BUSY_ROUNDS,
+                     other_core_busy=True)
+
+
+# ======================================================================================
+# W3 peak memory (fresh processes)
+# ======================================================================================
+
+
+def _run_worker(args, env=None, timeout=300):
+    completed = subprocess.run([sys.executable, WORKER, *args], check=False,
+                               capture_output=True, text=True, env=env, timeout=timeout, cwd=HERE)
+    if completed.returncode != 0:
+        raise RuntimeError(f"worker {args} failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("impl", ["fastlstm", "torch"])
+def test_w3_peak_rss(benchmark, device, impl, request):
+    """Peak resident memory (VmHWM) of a fresh process running a W3 training step."""
+    if device != "cpu":
+        pytest.skip("peak RSS is measured for the CPU implementations")
+    request.getfixturevalue("fastlstm_ready" if impl == "fastlstm" else "torch_ready")
+    benchmark.group = "W3-peak-RSS"
+    result = {}
+    run_once(benchmark, lambda: result.update(_run_worker(["rss", impl, "1"])))
+    result.pop("impl", None)
+    record(benchmark, workload=benchmark.group, impl=impl, label=impl, primary=impl == "fastlstm",
+           **result)
+
+
+# ======================================================================================
+# Cold start (fresh processes)
+# ======================================================================================
+
+
+def _child_env(cache_dir=None):
+    env = dict(os.environ)
+    # The "auto" backend would otherwise start a detached numba compilation
+    # that would keep running (and taking a core) into the next entries.
+    env["FASTLSTM_NO_BACKGROUND_COMPILE"] = "1"
+    if cache_dir is not None:
+        env["NUMBA_CACHE_DIR"] = cache_dir
+    return env
+
+
+@pytest.fixture(scope="module")
+def cache_root():
+    root = tempfile.mkdtemp(prefix="fastlstm-bench-numba-")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def shared_numba_cache(cache_root):
+    """A numba cache dir that the empty-cache numba entry fills and the warm
+    entries reuse (filled here if that entry did not run)."""
+    path = os.path.join(cache_root, "shared")
+    os.makedirs(path)
+    return path
+
+
+def _cache_filled(path):
+    return any(name.endswith(".nbi") for _, _, files in os.walk(path) for name in files)
+
+
+@pytest.mark.parametrize("what", ["baseline", "baseline-sklearn"])
+def test_cold_baseline(benchmark, device, what):
+    """A fresh process importing numpy, scikit-learn and numba (and, for
+    baseline-sklearn, the scikit-learn modules fastlstm imports)."""
+    if device != "cpu":
+        pytest.skip("cold start is measured on the CPU")
+    benchmark.group = "cold-start"
+    result = {}
+    run_once(benchmark, lambda: result.update(_run_worker([what], _child_env())), rounds=3)
+    record(benchmark, workload=benchmark.group, impl="baseline",
+           label="import numpy, sklearn, numba" if what == "baseline"
+           else "import numpy, numba, sklearn modules fastlstm uses",
+           kind=what, child=result)
+
+
+@pytest.mark.parametrize("backend", ["auto", "numba"])
+def test_cold_empty_cache(benchmark, fastlstm_ready, cache_root, shared_numba_cache, backend):
+    """A fresh process: import fastlstm, fit and predict a tiny model, with an
+    empty numba cache (a new NUMBA_CACHE_DIR every round)."""
+    benchmark.group = "cold-start"
+    result = {}
+    counter = iter(range(1000))
+
+    def setup():
+        if backend == "numba":
+            # One round: it fills the cache the warm entries use.
+            return (shared_numba_cache,), {}
+        path = os.path.join(cache_root, f"{backend}-{next(counter)}")
+        os.makedirs(path)
+        return (path,), {}
+
+    def run(path):
+        result.update(_run_worker(["cold", backend], _child_env(path)))
+
+    run_once(benchmark, run, setup=setup, rounds=1 if backend == "numba" else 2)
+    record(benchmark, workload=benchmark.group, impl="fastlstm",
+           label=f"fastlstm backend={backend}, empty numba cache", primary=backend == "auto",
+           kind="empty", backend=backend, child=result,
+           background_compile="disabled (FASTLSTM_NO_BACKGROUND_COMPILE=1)")
+
+
+@pytest.mark.parametrize("backend", ["auto", "numba"])
+def test_cold_warm_cache(benchmark, fastlstm_ready, shared_numba_cache, backend):
+    """The same fresh process with numba's cache already filled."""
+    benchmark.group = "cold-start"
+    if not _cache_filled(shared_numba_cache):
+        _run_worker(["cold", "numba"], _child_env(shared_numba_cache))
+    result = {}
+    run_once(benchmark, lambda: result.update(
+        _run_worker(["cold", backend], _child_env(shared_numba_cache))), rounds=2)
+    record(benchmark, workload=benchmark.group, impl="fastlstm",
+           label=f"fastlstm backend={backend}, warm numba cache", kind="warm", backend=backend,
+           child=result)

@@ -33,6 +33,9 @@ _REGISTRY = {
     "numba": ("fastlstm._kernels.numba_lstm", "lstm_forward", "lstm_backward"),
     "cython": ("fastlstm._kernels.cython_lstm", "forward", "backward"),
     "reference": ("fastlstm._kernels.reference", "forward", "backward"),
+    # numba.cuda kernels on an NVIDIA GPU (pip install fastlstm[cuda]). Only
+    # ever chosen by name: resolve_auto() below picks among the CPU backends.
+    "cuda": ("fastlstm._kernels.cuda_lstm", "forward", "backward"),
 }
 
 BACKEND_NAMES = ("auto",) + tuple(_REGISTRY)
@@ -145,7 +148,11 @@ def compile_numba_kernels():
 
 
 def resolve_auto():
-    """The backend ``"auto"`` stands for in this process (decided once)."""
+    """The backend ``"auto"`` stands for in this process (decided once).
+
+    Always a CPU backend, numba or Cython: ``"cuda"`` is never picked
+    automatically, even where a GPU is present.
+    """
     global _auto_choice
     with _auto_lock:
         if _auto_choice is None:

@@ -16,6 +16,7 @@ parameters and the random state, never on the number of threads, so a seed
 gives bit-identical models with any ``n_jobs``.
 """
 
+import functools
 import os
 import sys
 import threading
@@ -158,6 +159,13 @@ def compute_environment(n_threads=1):
         restore(previous)
 
 
+@functools.lru_cache(maxsize=1)
+def _cpu_count():
+    # joblib reads the cgroup limits from files on every call; they do not
+    # change within a process, and predict calls this for every batch.
+    return joblib.cpu_count()
+
+
 def effective_n_threads(n_jobs):
     """Threads for an ``n_jobs`` parameter, as scikit-learn counts them.
 
@@ -167,7 +175,7 @@ def effective_n_threads(n_jobs):
     that parallel cross-validation does not oversubscribe the machine.
     Negative values count back from all cores (-1 = all, -2 = all but one).
     """
-    n_cpus = joblib.cpu_count()
+    n_cpus = _cpu_count()
     if n_jobs is None:
         limit = os.environ.get("OMP_NUM_THREADS", "")
         n_threads = n_cpus

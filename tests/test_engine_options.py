@@ -5,6 +5,7 @@ import pytest
 
 from fastlstm import LSTMClassifier, LSTMRegressor
 from fastlstm import _backends
+from fastlstm import _trainer as trainer_module
 from fastlstm._trainer import effective_n_threads
 
 
@@ -93,9 +94,8 @@ def test_auto_uses_cython_and_warms_numba_when_the_cache_is_cold(monkeypatch):
 
 
 def test_n_threads_follow_n_jobs_and_worker_limits(monkeypatch):
-    import joblib
 
-    monkeypatch.setattr(joblib, "cpu_count", lambda: 8)
+    monkeypatch.setattr(trainer_module, "_cpu_count", lambda: 8)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert effective_n_threads(None) == 8
     assert effective_n_threads(3) == 3

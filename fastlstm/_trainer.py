@@ -248,6 +248,7 @@ class Trainer:
         self.epochs_done = 0
         self.iterations_done = 0
         self._shard_flat_grads = []
+        self._shard_grad_views = []
 
     # -- data ------------------------------------------------------------------
 
@@ -273,9 +274,12 @@ class Trainer:
         return batches
 
     def _shard_gradients(self, n_shards):
+        """Per-shard gradient buffers (flat) and their named views, made once."""
         while len(self._shard_flat_grads) < n_shards:
-            self._shard_flat_grads.append(np.zeros_like(self.flat_params))
-        return self._shard_flat_grads[:n_shards]
+            buffer = np.zeros_like(self.flat_params)
+            self._shard_flat_grads.append(buffer)
+            self._shard_grad_views.append(unflatten(buffer, self.shapes))
+        return self._shard_flat_grads[:n_shards], self._shard_grad_views[:n_shards]
 
     # -- one update ----------------------------------------------------------------
 
@@ -332,10 +336,9 @@ class Trainer:
                 d_shard[n:] = d
                 d_final_hidden.append(d_shard)
             backward_args = dict(d_final_hidden=d_final_hidden)
-        shard_flat_grads = self._shard_gradients(len(shards))
-        network_backward(params, [unflatten(g, self.shapes) for g in shard_flat_grads], net_shape,
-                         shards, self.backend, forward, dropout_masks=masks, executor=executor,
-                         **backward_args)
+        shard_flat_grads, shard_grads = self._shard_gradients(len(shards))
+        network_backward(params, shard_grads, net_shape, shards, self.backend, forward,
+                         dropout_masks=masks, executor=executor, **backward_args)
         # Shard gradients summed in a fixed order: reproducible.
         flat_grads, grads = self.flat_grads, self.grads
         flat_grads[:] = shard_flat_grads[0]

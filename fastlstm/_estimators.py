@@ -666,13 +666,16 @@ default="l2norm"
     warm_start : bool, default=False
         Start ``fit`` from the weights (and normalisation) of the previous
         fit instead of a new initialisation.
-    backend : {"auto", "numba", "cython", "reference"}, default="auto"
+    backend : {"auto", "numba", "cython", "cuda", "reference"}, default="auto"
         Compute kernels. "auto" uses numba once its compiled kernels are in
         numba's cache, and the ahead-of-time compiled Cython kernels (while
         numba compiles in the background) before that; it is decided once per
-        process. "reference" is the slow NumPy oracle, for testing. The two
-        compiled backends agree to about 1e-6 in float32, not to the bit: pin
-        one for bit-for-bit reproducibility across processes.
+        process and never picks "cuda". "cuda" runs the kernels on an NVIDIA
+        GPU through numba.cuda (``pip install fastlstm[cuda]``; for now the
+        training loop around the kernels stays on the CPU). "reference" is the
+        slow NumPy oracle, for testing. The compiled backends agree to about
+        1e-6 in float32, not to the bit: pin one for bit-for-bit
+        reproducibility across processes.
     dtype : {"float32", "float64"}, default="float32"
         Precision of parameters and computation.
     n_jobs : int or None, default=None

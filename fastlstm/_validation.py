@@ -178,9 +178,15 @@ def check_step_targets(y, lengths):
                 "(T_i, n_outputs)."
             )
         if target.shape[0] != length:
+            hint = ""
+            if len({np.shape(t)[:1] for t in y}) == 1:
+                # Every target has the same length: most likely several
+                # outputs per sequence, given as a list of lists.
+                hint = (" If y holds several outputs per sequence, pass it as a 2-D array "
+                        "of shape (n_sequences, n_outputs).")
             raise ValueError(
                 f"Target sequence {index} has {target.shape[0]} steps but sequence {index} "
-                f"of X has {length}; per-step targets need one target per time step."
+                f"of X has {length}; per-step targets need one target per time step.{hint}"
             )
         if arrays and target.shape[1:] != arrays[0].shape[1:]:
             raise ValueError(

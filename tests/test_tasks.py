@@ -173,3 +173,11 @@ def test_shortest_truncates_each_batch_to_its_shortest_sequence():
     short = LSTMClassifier(sequence_length="shortest", **params).fit(X, y)
     assert whole.score(X[60:], y[60:]) > 0.9
     assert short.score(X[60:], y[60:]) < 0.8
+
+
+def test_list_of_equal_length_targets_hints_at_a_2d_array():
+    X = ragged(10, low=3, high=9)
+    with pytest.raises(ValueError, match=r"pass it as a 2-D array of shape \(n_sequences, n_outputs\)"):
+        LSTMRegressor(**FAST).fit(X, [[1.0, 2.0]] * 10)
+    reg = LSTMRegressor(max_epochs=1, **FAST).fit(X, np.array([[1.0, 2.0]] * 10))
+    assert reg.predict(X).shape == (10, 2)

@@ -403,7 +403,9 @@ or list of array-like of shape (T_i,) or (T_i, n_outputs)
         net_shape = self._network_shape()
         trainer = self._make_trainer(flat_params, shapes, net_shape, n_epochs, backend,
                                      per_step=targets.per_step)
-        if incremental and warm:
+        # A model that was never trained here (interop.from_torch) has no
+        # optimiser state: it continues with a fresh optimiser.
+        if incremental and warm and getattr(self, "_optimizer_state", None) is not None:
             trainer.optimizer.load_state_dict(self._optimizer_state)
             trainer.epochs_done = self.n_iter_
             trainer.iterations_done = self._n_iterations

@@ -447,3 +447,15 @@ def test_clear_error_without_torch(monkeypatch):
         to_torch(estimator)
     with pytest.raises(ImportError, match="pip install torch"):
         from_torch(lstm, head, classes=CLASSES)
+
+
+def test_partial_fit_continues_a_model_imported_from_torch():
+    lstm = torch.nn.LSTM(3, HIDDEN_SIZE)
+    head = torch.nn.Linear(HIDDEN_SIZE, 2)
+    estimator = from_torch(lstm, head, classes=np.array(["a", "b"]), random_state=0)
+    X = ragged_sequences(20, seed=5)
+    y = np.array(["a", "b"] * 10)
+    before = {name: value.copy() for name, value in estimator.weights_.items()}
+    estimator.partial_fit(X, y)
+    assert estimator.n_iter_ == 1
+    assert not np.array_equal(before["weight_hh_l0"], estimator.weights_["weight_hh_l0"])

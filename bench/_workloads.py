@@ -148,7 +148,7 @@ class FastlstmTrainStep:
             bias_initializer=estimator.bias_initializer,
         )
         self.net_shape = estimator._network_shape()
-        self.options = estimator._training_options(1)
+        self.options = estimator._training_options()
         self.backend = get_backend(estimator.backend)
         self.trainer = Trainer(self.flat_params, self.shapes, self.net_shape, estimator._loss(),
                                self.options, self.backend)

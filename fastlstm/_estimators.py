@@ -262,12 +262,11 @@ class BaseLSTM(BaseEstimator, ABC):
                 "between stacked layers (as in torch.nn.LSTM).", UserWarning, stacklevel=3,
             )
 
-    def _training_options(self, n_epochs):
+    def _training_options(self):
         sequence_length = self.sequence_length
         if sequence_length == "longest":
             sequence_length = None
         return TrainingOptions(
-            max_epochs=n_epochs,
             batch_size=self.batch_size,
             learning_rate=float(self.learning_rate),
             learning_rate_schedule=self.learning_rate_schedule,
@@ -402,7 +401,7 @@ or list of array-like of shape (T_i,) or (T_i, n_outputs)
             )
         net_shape = self._network_shape()
         trainer = Trainer(flat_params, shapes, net_shape, self._loss(),
-                          self._training_options(n_epochs), backend)
+                          self._training_options(), backend)
         # A model that was never trained here (interop.from_torch) has no
         # optimiser state: it continues with a fresh optimiser.
         if incremental and warm and getattr(self, "_optimizer_state", None) is not None:

@@ -48,7 +48,6 @@ class TrainingOptions:
     truncated backpropagation through time.
     """
 
-    max_epochs: int
     batch_size: int
     learning_rate: float
     learning_rate_schedule: str

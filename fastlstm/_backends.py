@@ -140,11 +140,13 @@ def compile_numba_kernels():
     """Compile (or load) numba's kernels for float32 and float64 now."""
     import numpy as np
 
+    from ._streaming import warm_up_streaming
     from ._trainer import warm_up
 
     backend = get_backend("numba")
     for dtype in (np.float32, np.float64):
         warm_up(backend, np.dtype(dtype))
+        warm_up_streaming(dtype)
 
 
 def resolve_auto():

@@ -32,6 +32,7 @@ from ._kernels._activations import GATE_ACTIVATIONS, STATE_ACTIVATIONS
 from ._losses import cross_entropy, mean_squared_error, softmax
 from ._network import NetworkShape
 from ._optim import CLIP_METHODS, OPTIMIZERS
+from ._streaming import StreamingNetwork
 from ._trainer import (
     Targets,
     Trainer,
@@ -225,8 +226,13 @@ class BaseLSTM(BaseEstimator, ABC):
         """Accuracy or R^2 of raw outputs against encoded targets."""
 
     @abstractmethod
+    def _decode_outputs(self, outputs):
+        """Output-layer values (..., n_outputs) -> predictions (labels or values)."""
+
     def _format_predictions(self, outputs, lengths):
-        """Raw outputs -> what ``predict`` returns."""
+        """Raw outputs (one row per sequence or per step) -> what ``predict`` returns."""
+        values = self._decode_outputs(outputs)
+        return self._split_steps(values, lengths) if self.output_mode_ == "sequence" else values
 
     # -- structure -------------------------------------------------------------
 
@@ -507,7 +513,21 @@ or list of array-like of shape (T_i,) or (T_i, n_outputs)
         y : as :meth:`predict`
             Predictions for these steps (for a sequence-to-one model, at the
             end of each piece).
+
+        Notes
+        -----
+        For a streaming loop, pass a 3-D array (n_sequences, T, n_features),
+        e.g. shape (1, 1, n_features) for one new step of one stream: with
+        the numba backend such calls run the whole network in one compiled
+        function (a few microseconds for a small network) instead of the
+        general path (validation, packing, one kernel call per layer).
         """
+        streaming = self._streaming_network()
+        if streaming is not None and streaming.accepts(X):
+            outputs = self._stream(streaming, X)
+            if outputs is not None:
+                values = self._decode_outputs(outputs)  # (B, T or 1)
+                return list(values) if streaming.per_step else values[:, 0]
         check_is_fitted(self)
         if self.bidirectional:
             raise ValueError(
@@ -526,6 +546,51 @@ or list of array-like of shape (T_i,) or (T_i, n_outputs)
         outputs, h_n, c_n, lengths = self._outputs(X, h0=h0, c0=c0, return_states=True)
         self._state = (h_n, c_n)
         return self._format_predictions(outputs, lengths)
+
+    def _streaming_network(self):
+        """The one-call streaming network for the fitted weights, or None where
+        only the general path applies (unfitted, bidirectional, not numba).
+
+        Built once per fitted model and kept until the weights, the scaler or
+        a parameter that shapes the network changes.
+        """
+        weights = self.__dict__.get("weights_")
+        if weights is None or self.bidirectional:
+            return None
+        scaler = self.__dict__.get("scaler_")
+        key = (self.hidden_size, self.num_layers, self.proj_size, self.gate_activation,
+               self.state_activation, self.dtype, self.backend, self.output_mode_)
+        cached = self.__dict__.get("_streaming")
+        if (cached is not None and cached[0] is weights and cached[1] is scaler
+                and cached[2] == key):
+            return cached[3]
+        network = None
+        if get_backend(self.backend).name == "numba":
+            network = StreamingNetwork(weights, self._network_shape(), scaler,
+                                       np.dtype(self.dtype), self.output_mode_ == "sequence")
+        self._streaming = (weights, scaler, key, network)
+        return network
+
+    def _stream(self, streaming, X):
+        """Outputs (B, T or 1, n_outputs) of the fast path, the kept state
+        advanced; None (state untouched) where the general path must answer."""
+        n_sequences = X.shape[0]
+        state = getattr(self, "_state", None)
+        if state is None:
+            state = streaming.new_state(n_sequences)
+        h, c = state
+        if (h.shape[1] != n_sequences or h.dtype != streaming.dtype
+                or not (h.flags.c_contiguous and c.flags.c_contiguous)):
+            return None
+        outputs = streaming.run(X, h, c)
+        if outputs is not None:
+            self._state = (h, c)
+        return outputs
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_streaming", None)  # a cache, rebuilt on the first streaming call
+        return state
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -890,9 +955,8 @@ class LSTMClassifier(ClassifierMixin, BaseLSTM):
         return accuracy_score(targets.values, np.argmax(outputs, axis=1),
                               sample_weight=targets.weights)
 
-    def _format_predictions(self, outputs, lengths):
-        labels = self.classes_[np.argmax(outputs, axis=1)]
-        return self._split_steps(labels, lengths) if self.output_mode_ == "sequence" else labels
+    def _decode_outputs(self, outputs):
+        return self.classes_[np.argmax(outputs, axis=-1)]
 
     def partial_fit(self, X, y, classes=None, sample_weight=None):
         """One pass over the given data, continuing from the current state.
@@ -1042,12 +1106,10 @@ class LSTMRegressor(RegressorMixin, BaseLSTM):
     def _score_outputs(self, outputs, targets):
         return r2_score(targets.values, outputs, sample_weight=targets.weights)
 
-    def _format_predictions(self, outputs, lengths):
+    def _decode_outputs(self, outputs):
         # float64 as predict_proba and scikit-learn's regressors (lossless from float32).
         outputs = outputs.astype(np.float64)
-        if self._y_ndim == 1:
-            outputs = outputs[:, 0]
-        return self._split_steps(outputs, lengths) if self.output_mode_ == "sequence" else outputs
+        return outputs[..., 0] if self._y_ndim == 1 else outputs
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -1,0 +1,195 @@
+"""The one-call streaming path of predict_and_update_state (``_streaming``).
+
+It must answer exactly what the general path answers (to rounding), take
+only what it can do, and leave everything else (ragged input, errors, other
+backends) to the general path.
+"""
+
+import pickle
+
+import numpy as np
+import pytest
+
+import fastlstm._trainer
+from fastlstm import LSTMClassifier, LSTMRegressor
+from fastlstm._streaming import StreamingNetwork, pack_stream_weights
+
+COMMON = dict(hidden_size=6, batch_size=8, max_epochs=2, random_state=0, n_jobs=1,
+              backend="numba")
+NETWORKS = {
+    "one-layer": {},
+    "two-layers-projection": dict(num_layers=2, proj_size=3),
+    "hard-sigmoid-softsign": dict(gate_activation="hard-sigmoid", state_activation="softsign"),
+}
+TOLERANCE = {"float64": dict(rtol=1e-12, atol=1e-14), "float32": dict(rtol=1e-5, atol=1e-6)}
+
+
+def data(per_step, classifier, seed=0):
+    rng = np.random.default_rng(seed)
+    X = [rng.standard_normal((rng.integers(4, 12), 3)) * 5 + 2 for _ in range(24)]
+    if classifier:
+        y = [(np.cumsum(x[:, 0]) > 0).astype(int) for x in X] if per_step else \
+            np.array([int(x[:, 0].sum() > 0) for x in X])
+    else:
+        y = [np.cumsum(x[:, :2], axis=0) for x in X] if per_step else \
+            np.array([x[:, 0].sum() for x in X])
+    return X, y
+
+
+@pytest.fixture
+def general_path_forbidden(monkeypatch):
+    """Make the general path fail, to show that a call took the fast path."""
+    def fail(*args, **kwargs):
+        raise AssertionError("the general path ran")
+
+    monkeypatch.setattr(fastlstm._estimators, "network_outputs", fail, raising=True)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("network", list(NETWORKS))
+@pytest.mark.parametrize("per_step", [True, False], ids=["per-step", "last"])
+@pytest.mark.parametrize("Estimator", [LSTMRegressor, LSTMClassifier])
+def test_fast_path_answers_as_the_general_path(Estimator, per_step, network, dtype):
+    X, y = data(per_step, Estimator is LSTMClassifier)
+    model = Estimator(dtype=dtype, **COMMON, **NETWORKS[network]).fit(X, y)
+    stream = np.random.default_rng(1).standard_normal((3, 9, 3)) * 5 + 2
+    # The general path, fed as a list (which the fast path does not take).
+    expected = model.reset_state().predict_and_update_state(list(stream[:, :4]))
+    expected_rest = model.predict_and_update_state(list(stream[:, 4:]))
+    h, c = (a.copy() for a in model._state)
+    model.reset_state()
+    fast = model.predict_and_update_state(stream[:, :4])
+    assert model._streaming[3] is not None
+    fast_rest = [model.predict_and_update_state(stream[:, t:t + 1]) for t in range(4, 9)]
+    np.testing.assert_allclose(model._state[0], h, **TOLERANCE[dtype])
+    np.testing.assert_allclose(model._state[1], c, **TOLERANCE[dtype])
+    if per_step:
+        assert isinstance(fast, list) and len(fast) == 3
+        for i in range(3):
+            assert fast[i].shape == expected[i].shape and fast[i].dtype == expected[i].dtype
+            rest = np.concatenate([piece[i] for piece in fast_rest])
+            if Estimator is LSTMClassifier:
+                np.testing.assert_array_equal(fast[i], expected[i])
+                np.testing.assert_array_equal(rest, expected_rest[i])
+            else:
+                np.testing.assert_allclose(fast[i], expected[i], **TOLERANCE[dtype])
+                np.testing.assert_allclose(rest, expected_rest[i], **TOLERANCE[dtype])
+    else:
+        assert fast.shape == expected.shape and fast.dtype == expected.dtype
+        if Estimator is LSTMClassifier:
+            np.testing.assert_array_equal(fast, expected)
+            np.testing.assert_array_equal(fast_rest[-1], expected_rest)
+        else:
+            np.testing.assert_allclose(fast, expected, **TOLERANCE[dtype])
+            np.testing.assert_allclose(fast_rest[-1], expected_rest, **TOLERANCE[dtype])
+
+
+def test_one_step_calls_take_the_fast_path(general_path_forbidden):
+    X, y = data(True, False)
+    model = LSTMRegressor(**COMMON).fit(X, y)
+    x = np.ones((1, 1, 3), dtype=np.float32)
+    first = model.predict_and_update_state(x)
+    second = model.predict_and_update_state(x)
+    assert not np.array_equal(first[0], second[0])  # the state moved on
+    # float64 input into a float32 model, and a non-contiguous view.
+    wide = np.ones((1, 1, 6))[:, :, ::2]
+    model.predict_and_update_state(wide)
+
+
+def test_fast_path_never_writes_the_callers_arrays():
+    X, y = data(True, False)
+    model = LSTMRegressor(**COMMON).fit(X, y)
+    x = np.arange(12, dtype=np.float32).reshape(1, 4, 3)
+    x.flags.writeable = False
+    before = x.copy()
+    first = model.predict_and_update_state(x)[0].copy()
+    model.predict_and_update_state(x)  # reuses the kernel's output buffer
+    np.testing.assert_array_equal(x, before)
+    model.reset_state()
+    np.testing.assert_array_equal(model.predict_and_update_state(x)[0], first)
+
+
+def test_nan_padded_and_bad_input_go_the_general_way():
+    X, y = data(True, False)
+    model = LSTMRegressor(**COMMON).fit(X, y)
+    rng = np.random.default_rng(2)
+    ragged = [rng.standard_normal((5, 3)), rng.standard_normal((3, 3))]
+    padded = np.full((2, 5, 3), np.nan)
+    padded[0], padded[1, :3] = ragged
+    expected = model.reset_state().predict_and_update_state(ragged)
+    got = model.reset_state().predict_and_update_state(padded)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, **TOLERANCE["float32"])
+    model.reset_state()
+    with pytest.raises(ValueError, match="infinit"):
+        model.predict_and_update_state(np.full((1, 2, 3), np.inf))
+    assert model._state is None  # a refused call leaves the state alone
+    with pytest.raises(ValueError, match="3"):
+        model.predict_and_update_state(np.ones((1, 2, 4)))
+    model.predict_and_update_state(np.ones((2, 1, 3)))
+    with pytest.raises(ValueError, match="kept state is for 2 sequences but X has 1"):
+        model.predict_and_update_state(np.ones((1, 1, 3)))
+
+
+def test_refit_and_set_params_rebuild_the_streaming_network():
+    X, y = data(True, False)
+    model = LSTMRegressor(**COMMON).fit(X, y)
+    x = np.ones((1, 3, 3))
+    before = model.reset_state().predict_and_update_state(x)[0]
+    network = model._streaming[3]
+    model.set_params(random_state=1).fit(X, y)
+    after = model.reset_state().predict_and_update_state(x)[0]
+    assert model._streaming[3] is not network
+    np.testing.assert_array_equal(after, model.predict(list(x))[0])
+    assert not np.allclose(before, after)
+    model.set_params(backend="cython")
+    model.reset_state().predict_and_update_state(x)
+    assert model._streaming[3] is None  # only the numba backend has the fast path
+
+
+def test_bidirectional_models_are_still_refused():
+    X, y = data(True, False)
+    model = LSTMRegressor(bidirectional=True, **COMMON).fit(X, y)
+    with pytest.raises(ValueError, match="unidirectional"):
+        model.predict_and_update_state(np.ones((1, 1, 3)))
+
+
+def test_pickle_drops_the_cache_and_keeps_the_state():
+    X, y = data(True, False)
+    model = LSTMRegressor(**COMMON).fit(X, y)
+    stream = np.random.default_rng(3).standard_normal((2, 6, 3))
+    model.predict_and_update_state(stream[:, :3])
+    copy = pickle.loads(pickle.dumps(model))
+    assert "_streaming" not in copy.__dict__
+    np.testing.assert_array_equal(copy.predict_and_update_state(stream[:, 3:])[1],
+                                  model.predict_and_update_state(stream[:, 3:])[1])
+
+
+def test_packed_weights_are_the_transposed_torch_weights():
+    from fastlstm._kernels.numba_stream import (
+        BIAS,
+        IN_WEIGHTS,
+        PROJ_WEIGHTS,
+        REC_WEIGHTS,
+    )
+    from fastlstm._network import NetworkShape
+
+    rng = np.random.default_rng(0)
+    H, P, n_in = 4, 2, 3
+    weights = {"weight_ih_l0": rng.random((4 * H, n_in)), "weight_hh_l0": rng.random((4 * H, P)),
+               "bias_ih_l0": rng.random(4 * H), "bias_hh_l0": rng.random(4 * H),
+               "weight_hr_l0": rng.random((P, H)),
+               "head.weight": rng.random((2, P)), "head.bias": rng.random(2)}
+    shape = NetworkShape(hidden_size=H, num_layers=1, bidirectional=False, proj_size=P)
+    params, layout, sizes = pack_stream_weights(weights, shape, np.float64)
+    block = lambda row, column, n, width: params[layout[row, column]:][:n * width].reshape(n, width)  # noqa: E731
+    np.testing.assert_array_equal(block(0, IN_WEIGHTS, n_in, 4 * H), weights["weight_ih_l0"].T)
+    np.testing.assert_array_equal(block(0, REC_WEIGHTS, P, 4 * H), weights["weight_hh_l0"].T)
+    np.testing.assert_array_equal(block(0, BIAS, 1, 4 * H)[0],
+                                  weights["bias_ih_l0"] + weights["bias_hh_l0"])
+    np.testing.assert_array_equal(block(0, PROJ_WEIGHTS, H, P), weights["weight_hr_l0"].T)
+    np.testing.assert_array_equal(block(1, IN_WEIGHTS, P, 2), weights["head.weight"].T)
+    assert list(sizes) == [H, P, 2, 1]
+    with pytest.raises(ValueError, match="unidirectional"):
+        StreamingNetwork(weights, NetworkShape(hidden_size=H, num_layers=1, bidirectional=True),
+                         None, np.float64, True)

@@ -4,6 +4,8 @@ Parameters and gradients are each one contiguous vector (see ``_weights``),
 so an update is a few in-place NumPy operations whatever the network's shape.
 Every optimiser preallocates the buffers it needs when it is built: a step
 allocates nothing, which keeps the per-batch cost flat on large networks.
+Adam's step and the L2 term run as one compiled pass each
+(``_optim_kernels.pyx``), bit for bit their NumPy references here.
 
 The three optimisers follow MATLAB's ``trainingOptions`` ("adam", "sgdm",
 "rmsprop") with its default hyper-parameters; each one also matches the
@@ -11,6 +13,8 @@ corresponding ``torch.optim`` class (see each class for the exact relation).
 """
 
 import numpy as np
+
+from ._optim_kernels import adam_update, add_masked_l2
 
 OPTIMIZERS = ("adam", "sgdm", "rmsprop")
 CLIP_METHODS = ("l2norm", "global-l2norm", "absolute-value")
@@ -122,8 +126,22 @@ class Adam(_FlatOptimizer):
         self.n_steps = 0
         self._scratch = np.empty(n_parameters, dtype=dtype)
 
+    def _corrections(self):
+        """(step_size, epsilon_hat) of the current step, float64.
+
+        Both bias corrections are folded into two scalars, which saves two
+        passes over the vector: lr/c1 * m / (sqrt(v/c2) + eps) equals
+        (lr sqrt(c2)/c1) * m / (sqrt(v) + eps sqrt(c2)).
+        """
+        sqrt_c2 = np.sqrt(1 - self.beta2**self.n_steps)
+        step_size = self.learning_rate * sqrt_c2 / (1 - self.beta1**self.n_steps)
+        return step_size, self.epsilon * sqrt_c2
+
     def step(self, params, grads):
         """Update ``params`` in place from ``grads``.
+
+        One compiled pass (``_optim_kernels.adam_update``), bit for bit
+        :meth:`reference_step`.
 
         Parameters
         ----------
@@ -133,6 +151,15 @@ class Adam(_FlatOptimizer):
             Read only.
         """
         self.n_steps += 1
+        step_size, epsilon_hat = self._corrections()
+        scalar = self.first_moment.dtype.type
+        adam_update(params, grads, self.first_moment, self.second_moment, scalar(self.beta1),
+                    scalar(1 - self.beta1), scalar(self.beta2), scalar(1 - self.beta2),
+                    float(step_size), float(epsilon_hat))
+
+    def reference_step(self, params, grads):
+        """:meth:`step` in NumPy (nine passes over the vectors): the reference."""
+        self.n_steps += 1
         m, v, scratch = self.first_moment, self.second_moment, self._scratch
         m *= self.beta1
         np.multiply(grads, 1 - self.beta1, out=scratch)
@@ -141,12 +168,7 @@ class Adam(_FlatOptimizer):
         np.multiply(grads, grads, out=scratch)
         scratch *= 1 - self.beta2
         v += scratch
-        # Both bias corrections are folded into two scalars, which saves two
-        # passes over the vector: lr/c1 * m / (sqrt(v/c2) + eps) equals
-        # (lr sqrt(c2)/c1) * m / (sqrt(v) + eps sqrt(c2)).
-        sqrt_c2 = np.sqrt(1 - self.beta2**self.n_steps)
-        step_size = self.learning_rate * sqrt_c2 / (1 - self.beta1**self.n_steps)
-        epsilon_hat = self.epsilon * sqrt_c2
+        step_size, epsilon_hat = self._corrections()
         np.sqrt(v, out=scratch)
         scratch += epsilon_hat
         np.divide(m, scratch, out=scratch)
@@ -357,10 +379,23 @@ def add_l2_regularization(flat_grads, flat_params, factor, mask, *, scratch=None
         )
     if factor == 0:
         return
+    # The factor in the gradients' dtype, as a Python float would be (NumPy 2).
+    factor = flat_grads.dtype.type(factor)
+    if (flat_grads.dtype in (np.float32, np.float64) and flat_params.dtype == flat_grads.dtype
+            and flat_grads.flags.c_contiguous and flat_params.flags.c_contiguous
+            and mask.flags.c_contiguous):
+        add_masked_l2(flat_grads, flat_params, factor, mask.view(np.uint8))
+        return
+    add_l2_regularization_reference(flat_grads, flat_params, factor, mask, scratch=scratch)
+
+
+def add_l2_regularization_reference(flat_grads, flat_params, factor, mask, *, scratch=None):
+    """:func:`add_l2_regularization` in NumPy (two passes): the reference of
+    the compiled one-pass loop, and the path for other layouts."""
     if scratch is None:
         scratch = np.empty_like(flat_grads)
     # Entries outside the mask are neither computed nor written.
-    np.multiply(flat_params, factor, out=scratch, where=mask)
+    np.multiply(flat_params, flat_grads.dtype.type(factor), out=scratch, where=mask)
     np.add(flat_grads, scratch, out=flat_grads, where=mask)
 
 

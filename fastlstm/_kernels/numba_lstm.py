@@ -47,23 +47,33 @@ def _add_preactivations(g_row, w_row, bias):
 @njit(**_JIT)
 def _activate_gates(g_row, hidden, gate_kind, state_kind):
     """Activate the gate blocks i, f, g, o of one row in place."""
-    for k in range(2 * hidden):  # i and f
-        g_row[k] = gate_activation(g_row[k], gate_kind)
-    for k in range(2 * hidden, 3 * hidden):  # the cell candidate g
-        g_row[k] = state_activation(g_row[k], state_kind)
-    for k in range(3 * hidden, 4 * hidden):  # o
-        g_row[k] = gate_activation(g_row[k], gate_kind)
+    # Loops over views that start at 0: numba checks an index like
+    # ``g_row[2 * hidden + k]`` (or a loop over ``range(2 * hidden, ...)``)
+    # for negative wraparound, which stops LLVM from vectorising (10x slower).
+    in_forget = g_row[:2 * hidden]
+    candidate = g_row[2 * hidden:3 * hidden]
+    out = g_row[3 * hidden:4 * hidden]
+    for k in range(2 * hidden):
+        in_forget[k] = gate_activation(in_forget[k], gate_kind)
+    for k in range(hidden):
+        candidate[k] = state_activation(candidate[k], state_kind)
+    for k in range(hidden):
+        out[k] = gate_activation(out[k], gate_kind)
 
 
 @njit(**_JIT)
 def _update_cell(g_row, c_state, act_c_out, m_out, hidden, state_kind):
     """c = f c + i g, act(c) and m = o act(c) for one row, c updated in place."""
+    i_gate = g_row[:hidden]
+    f_gate = g_row[hidden:2 * hidden]
+    g_gate = g_row[2 * hidden:3 * hidden]
+    o_gate = g_row[3 * hidden:4 * hidden]
     for k in range(hidden):
-        c_new = g_row[hidden + k] * c_state[k] + g_row[k] * g_row[2 * hidden + k]
+        c_new = f_gate[k] * c_state[k] + i_gate[k] * g_gate[k]
         act_c = state_activation(c_new, state_kind)
         c_state[k] = c_new
         act_c_out[k] = act_c
-        m_out[k] = g_row[3 * hidden + k] * act_c
+        m_out[k] = o_gate[k] * act_c
 
 
 @njit(**_JIT)
@@ -154,6 +164,30 @@ def lstm_forward(
 
 
 @njit(**_JIT)
+def _gates_backward(g_row, tc_row, c_prev_row, dh_out, dh_state, dc_state, dm_row, dg_row,
+                    hidden, project, gate_kind, state_kind):
+    """One row's pointwise backward step: dG from dh and dc; dc carried back."""
+    # Views starting at 0, as in _activate_gates, so that the loop vectorises.
+    i_gate = g_row[:hidden]
+    f_gate = g_row[hidden:2 * hidden]
+    g_gate = g_row[2 * hidden:3 * hidden]
+    o_gate = g_row[3 * hidden:4 * hidden]
+    d_i = dg_row[:hidden]
+    d_f = dg_row[hidden:2 * hidden]
+    d_g = dg_row[2 * hidden:3 * hidden]
+    d_o = dg_row[3 * hidden:4 * hidden]
+    for k in range(hidden):
+        act_c = tc_row[k]
+        dm = dm_row[k] if project else dh_state[k] + dh_out[k]
+        dc = dc_state[k] + dm * o_gate[k] * state_derivative(act_c, state_kind)
+        dc_state[k] = dc * f_gate[k]
+        d_i[k] = dc * g_gate[k] * gate_derivative(i_gate[k], gate_kind)
+        d_f[k] = dc * c_prev_row[k] * gate_derivative(f_gate[k], gate_kind)
+        d_g[k] = dc * i_gate[k] * state_derivative(g_gate[k], state_kind)
+        d_o[k] = dm * act_c * gate_derivative(o_gate[k], gate_kind)
+
+
+@njit(**_JIT)
 def lstm_backward(
     X, batch_sizes, W, R, bias, W_proj, h0, c0, reverse, gate_kind, state_kind,
     Hprev, Cprev, TC, gates, M, dH, dh_n, dc_n,
@@ -212,27 +246,9 @@ def lstm_backward(
             np.dot(dH_total[offset:offset + n_active], W_proj, dM[:n_active])
         for r in range(n_active):
             row = offset + r
-            g_row = gates[row]
-            dg_row = dG[row]
-            dh_out = dH[row]
-            tc_row = TC[row]
-            c_prev_row = Cprev[row]
-            dh_state = dh0[r]
-            dc_state = dc0[r]
-            dm_row = dM[r] if project else dh_state
-            for k in range(hidden):
-                i_gate = g_row[k]
-                f_gate = g_row[hidden + k]
-                g_gate = g_row[2 * hidden + k]
-                o_gate = g_row[3 * hidden + k]
-                act_c = tc_row[k]
-                dm = dm_row[k] if project else dh_state[k] + dh_out[k]
-                dc = dc_state[k] + dm * o_gate * state_derivative(act_c, state_kind)
-                dc_state[k] = dc * f_gate
-                dg_row[k] = dc * g_gate * gate_derivative(i_gate, gate_kind)
-                dg_row[hidden + k] = dc * c_prev_row[k] * gate_derivative(f_gate, gate_kind)
-                dg_row[2 * hidden + k] = dc * i_gate * state_derivative(g_gate, state_kind)
-                dg_row[3 * hidden + k] = dm * act_c * gate_derivative(o_gate, gate_kind)
+            _gates_backward(gates[row], TC[row], Cprev[row], dH[row], dh0[r], dc0[r],
+                            dM[r] if project else dh0[r], dG[row], hidden, project,
+                            gate_kind, state_kind)
         # Only the recurrent part of dh is needed inside the loop.
         np.dot(dG[offset:offset + n_active], R, dh0[:n_active])
         if reverse:

@@ -1,5 +1,5 @@
 # cython: language_level=3
-# distutils: extra_compile_args = -ffp-contract=off
+# distutils: extra_compile_args = -ffp-contract=off -fno-math-errno
 """One-pass kernels for the optimiser step (see ``_optim.py``).
 
 A training step of a small network spends a noticeable share of its time in
@@ -10,7 +10,10 @@ the NumPy results, which stay in ``_optim.py`` as the readable reference
 operation is rounded to the array's dtype where NumPy rounds it, and where
 NumPy computes in float64 (a float64 scalar against a float32 array) so do
 these. ``-ffp-contract=off`` keeps the compiler from fusing a multiply and
-an add into one FMA, which would round once instead of twice.
+an add into one FMA, which would round once instead of twice;
+``-fno-math-errno`` lets it vectorise ``sqrt`` (still the correctly rounded
+IEEE square root, only without setting errno for negative inputs, which
+cannot occur here).
 """
 
 from libc.math cimport sqrt, sqrtf

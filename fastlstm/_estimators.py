@@ -40,6 +40,7 @@ from ._trainer import (
     TrainingOptions,
     effective_n_threads,
     network_outputs,
+    single_threaded_blas,
 )
 from ._validation import check_sequences, check_step_targets, is_per_step_target
 from ._weights import (
@@ -399,12 +400,16 @@ or list of array-like of shape (T_i,) or (T_i, n_outputs)
         if warm:
             flat_params, _ = self._flat_weights(dtype)
         else:
-            flat_params = init_parameters(
-                shapes, rng, dtype,
-                input_weights_initializer=self.input_weights_initializer,
-                recurrent_weights_initializer=self.recurrent_weights_initializer,
-                bias_initializer=self.bias_initializer,
-            )
+            # The orthogonal initialiser's QR runs on NumPy's BLAS: held to one
+            # thread as in training (with the other core busy, two BLAS
+            # threads made this QR take 1 s instead of 1 ms).
+            with single_threaded_blas():
+                flat_params = init_parameters(
+                    shapes, rng, dtype,
+                    input_weights_initializer=self.input_weights_initializer,
+                    recurrent_weights_initializer=self.recurrent_weights_initializer,
+                    bias_initializer=self.bias_initializer,
+                )
         net_shape = self._network_shape()
         trainer = Trainer(flat_params, shapes, net_shape, self._loss(),
                           self._training_options(), backend)

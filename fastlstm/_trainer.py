@@ -152,10 +152,15 @@ def compute_environment(n_threads=1):
     """
     previous = enable_flush_to_zero()
     try:
-        with _blas_limiter().limit(limits=1, user_api="blas"):
+        with single_threaded_blas():
             yield _executor(n_threads) if n_threads > 1 else None
     finally:
         restore(previous)
+
+
+def single_threaded_blas():
+    """A context in which BLAS runs on one thread (see :func:`compute_environment`)."""
+    return _blas_limiter().limit(limits=1, user_api="blas")
 
 
 @functools.lru_cache(maxsize=1)

@@ -215,3 +215,24 @@ def test_diverging_loss_stops_with_a_clear_error():
     with pytest.raises(FloatingPointError, match="training loss became"):
         reg.fit(X, y)
     assert not hasattr(reg, "weights_")
+
+
+def test_weights_are_initialised_with_blas_on_one_thread(monkeypatch):
+    # The orthogonal initialiser's QR runs on NumPy's BLAS: with several BLAS
+    # threads and a busy core it took 1 s instead of 1 ms.
+    from threadpoolctl import threadpool_info
+
+    import fastlstm._estimators as estimators
+
+    seen = []
+    original = estimators.init_parameters
+
+    def recording(*args, **kwargs):
+        seen.append({info["filepath"]: info["num_threads"] for info in threadpool_info()
+                     if info["user_api"] == "blas"})
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(estimators, "init_parameters", recording)
+    X, y = make_sign_task(20)
+    LSTMClassifier(**FAST).fit(X, y)
+    assert len(seen) == 1 and seen[0] and set(seen[0].values()) == {1}, seen

@@ -406,8 +406,8 @@ or list of array-like of shape (T_i,) or (T_i, n_outputs)
                 bias_initializer=self.bias_initializer,
             )
         net_shape = self._network_shape()
-        trainer = Trainer(flat_params, shapes, net_shape, self._loss(),
-                          self._training_options(), backend)
+        trainer = self._make_trainer(flat_params, shapes, net_shape, backend,
+                                     per_step=targets.per_step)
         # A model that was never trained here (interop.from_torch) has no
         # optimiser state: it continues with a fresh optimiser.
         if incremental and warm and getattr(self, "_optimizer_state", None) is not None:
@@ -445,6 +445,20 @@ or list of array-like of shape (T_i,) or (T_i, n_outputs)
         self._optimizer_state = trainer.optimizer.state_dict()
         self._state = None
         return self
+
+    def _make_trainer(self, flat_params, shapes, net_shape, backend, *, per_step):
+        """The training loop: on the GPU for backend="cuda" where it supports the
+        options (everything stays on the device), otherwise on the host."""
+        options = self._training_options()
+        if backend.name == "cuda" and not per_step:
+            from ._cuda_training import DeviceTrainer  # imports numba.cuda: only when asked
+
+            try:
+                return DeviceTrainer(flat_params, shapes, net_shape, self._loss(), options,
+                                     backend)
+            except NotImplementedError:
+                pass  # e.g. dropout or projections: the host loop calls the same kernels
+        return Trainer(flat_params, shapes, net_shape, self._loss(), options, backend)
 
     def _split_validation(self, sequences, lengths, targets, rng):
         """Hold out ``validation_fraction`` of the sequences, stratified by class

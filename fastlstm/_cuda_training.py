@@ -36,7 +36,7 @@ from functools import cache
 import numpy as np
 
 from ._kernels import cuda_lstm
-from ._kernels.cuda_lstm import _blocks, _pointwise, cuda, launch_gemm
+from ._kernels.cuda_lstm import _pointwise, cuda, launch_column_sum, launch_gemm
 from ._losses import cross_entropy, mean_squared_error
 from ._network import layer_name
 from ._optim import learning_rate_at
@@ -47,6 +47,8 @@ _NO_PROJECTION = {np.float32: np.zeros((0, 0), np.float32),
                   np.float64: np.zeros((0, 0), np.float64)}
 # Threads of the one block that reduces a clipping segment.
 _CLIP_THREADS = 8 if cuda_lstm._simulated() else 256
+# Its dynamic shared memory: a float64 partial sum per thread, and the factor.
+_CLIP_SHARED_BYTES = (_CLIP_THREADS + 1) * 8
 
 
 @cache
@@ -66,6 +68,9 @@ def training_kernels(dtype_name):
     cuda_lstm._require_cuda()
     scalar = np.dtype(dtype_name).type
     clip_threads = _CLIP_THREADS
+    # A numba type: the simulator takes the itemsize of a dynamic shared
+    # array's dtype, which a NumPy scalar class does not have.
+    float64 = cuda_lstm.numba.float64
 
     @cuda.jit
     def fill(a, value, n):
@@ -162,25 +167,30 @@ def training_kernels(dtype_name):
     @cuda.jit
     def clip_norms(grads, starts, ends, threshold):
         """Block b rescales grads[starts[b]:ends[b]] to L2 norm ``threshold``
-        when its norm exceeds it; partial sums added in a fixed order."""
-        partial = cuda.shared.array(clip_threads, np.float64)
-        factor = cuda.shared.array(1, np.float64)
+        when its norm exceeds it; partial sums added in a fixed order.
+
+        Shared memory is dynamic, as in ``cuda_lstm`` (whose module docstring
+        says why): ``shared[:clip_threads]`` holds the partial sums and
+        ``shared[clip_threads]`` the factor every thread applies.
+        """
+        shared = cuda.shared.array(0, float64)
         t = cuda.threadIdx.x
         start, end = starts[cuda.blockIdx.x], ends[cuda.blockIdx.x]
         acc = 0.0
         for i in range(start + t, end, clip_threads):
             acc += float(grads[i]) * float(grads[i])
-        partial[t] = acc
+        shared[t] = acc
         cuda.syncthreads()
         if t == 0:
             total = 0.0
             for q in range(clip_threads):
-                total += partial[q]
+                total += shared[q]
             norm = math.sqrt(total)
-            factor[0] = threshold / norm if norm > threshold else 1.0
+            shared[clip_threads] = threshold / norm if norm > threshold else 1.0
         cuda.syncthreads()
-        if factor[0] != 1.0:
-            scale = scalar(factor[0])
+        factor = shared[clip_threads]
+        if factor != 1.0:
+            scale = scalar(factor)
             for i in range(start + t, end, clip_threads):
                 grads[i] *= scale
 
@@ -272,7 +282,8 @@ def _device_zeros(shape, dtype):
     K = training_kernels(np.dtype(dtype).name)
     size = int(np.prod(shape))
     flat = cuda.device_array(size, dtype=dtype)
-    _pointwise(K.fill, size, flat, K.scalar(0), size)
+    with cuda_lstm.simulator_turn():
+        _pointwise(K.fill, size, flat, K.scalar(0), size)
     return flat.reshape(shape) if len(shape) != 1 else flat
 
 
@@ -417,10 +428,10 @@ class DeviceTrainer(Trainer):
                 _pointwise(K.add_into, bias.size, P[f"bias_ih_{name}"], P[f"bias_hh_{name}"],
                            bias, bias.size)
                 H = cuda.device_array((n_rows, state), dtype=dtype)
-                s = dict(Hprev=cuda.device_array((n_rows, state), dtype=dtype),
-                         Cprev=cuda.device_array((n_rows, hidden), dtype=dtype),
-                         TC=cuda.device_array((n_rows, hidden), dtype=dtype),
-                         gates=cuda.device_array((n_rows, GATES * hidden), dtype=dtype))
+                s = {"Hprev": cuda.device_array((n_rows, state), dtype=dtype),
+                     "Cprev": cuda.device_array((n_rows, hidden), dtype=dtype),
+                     "TC": cuda.device_array((n_rows, hidden), dtype=dtype),
+                     "gates": cuda.device_array((n_rows, GATES * hidden), dtype=dtype)}
                 h_n = cuda.device_array((size, state), dtype=dtype)
                 c_n = cuda.device_array((size, hidden), dtype=dtype)
                 cuda_lstm.forward(
@@ -435,7 +446,7 @@ class DeviceTrainer(Trainer):
                                shard.row_offset, direction * state, size, state)
                 saved[(layer, direction)] = s
             layer_input = layer_output
-        return dict(inputs=inputs, saved=saved, zeros_h=zeros_h, zeros_c=zeros_c)
+        return {"inputs": inputs, "saved": saved, "zeros_h": zeros_h, "zeros_c": zeros_c}
 
     def _shard_backward(self, shard, forward, d_features, grads):
         K, shape, P, dtype = self._K, self.net_shape, self.params, self.dtype
@@ -496,6 +507,10 @@ class DeviceTrainer(Trainer):
         """
         if batch.n_rows == 0 or batch.total_weight == 0:
             return 0.0, 0
+        with cuda_lstm.simulator_turn():  # one step's launches, uninterrupted
+            return self._launch_step(batch)
+
+    def _launch_step(self, batch):
         K, L, shape, options, dtype = self._K, self._L, self.net_shape, self.options, self.dtype
         n_features, n_rows = shape.n_features_out, batch.n_rows
         features = cuda.device_array((n_rows, n_features), dtype=dtype)
@@ -530,9 +545,7 @@ class DeviceTrainer(Trainer):
             _pointwise(K.add_into, n, self._grads, buffer, self._grads, n)
         launch_gemm(L, d_outputs, features, self.grads["head.weight"], n_outputs, n_features,
                     n_rows, trans_a=True)
-        L.column_sum[_blocks(n_outputs, cuda_lstm.SUM_COLUMNS),
-                     (cuda_lstm.SUM_COLUMNS, cuda_lstm.SUM_ROWS)](
-            d_outputs, self.grads["head.bias"], n_rows, n_outputs)
+        launch_column_sum(L, d_outputs, self.grads["head.bias"], n_rows, n_outputs)
         if options.l2_regularization > 0:
             _pointwise(K.add_l2, n, self._grads, self._params, self._mask,
                        K.scalar(options.l2_regularization), n)
@@ -553,7 +566,8 @@ class DeviceTrainer(Trainer):
             starts, ends = self._whole
         else:
             raise ValueError(f"Unknown gradient_threshold_method {method!r}.")
-        K.clip_norms[starts.size, _CLIP_THREADS](self._grads, starts, ends, float(threshold))
+        K.clip_norms[starts.size, _CLIP_THREADS, 0, _CLIP_SHARED_BYTES](
+            self._grads, starts, ends, float(threshold))
 
     # -- epochs ----------------------------------------------------------------------
 
@@ -570,7 +584,6 @@ class DeviceTrainer(Trainer):
             raise NotImplementedError(
                 "The device-resident CUDA training path trains on one target per sequence "
                 "only, not per-step targets (output_mode='sequence'); use a CPU backend.")
-        options = self.options
         self._params.copy_to_device(np.ascontiguousarray(self.flat_params))
         try:
             return self._run_epochs(sequences, lengths, targets, n_epochs, rng, validate, log)

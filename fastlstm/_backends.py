@@ -5,16 +5,19 @@ Every backend exposes ``forward`` and ``backward`` with the signatures of
 caller, no hidden state). Backends are imported lazily, so that a user of one
 never pays for loading (or compiling) another.
 
-``"auto"`` and compile latency: numba is the primary engine, but compiling
-its kernels the first time takes about 8 s per dtype. The Cython kernels are
-compiled ahead of time. So "auto" is resolved once per process: numba when
-its compiled kernels are in numba's on-disk cache, otherwise Cython for this
-process while a detached, low-priority process compiles numba's kernels into
-the cache for the processes that follow. A separate process (not a thread)
-survives short scripts and does not compete with the user's fit for the GIL.
-Resolving once keeps every fit of a process on the same kernels, so refitting
-with the same seed reproduces a model exactly. ``FASTLSTM_NO_BACKGROUND_COMPILE=1``
-turns the background compilation off.
+``"auto"`` is resolved once per process. With a usable NVIDIA GPU (numba.cuda
+imports, is not Numba's CUDA simulator, and ``numba.cuda.is_available()``)
+it is ``"cuda"``. Otherwise it is a CPU backend, chosen for compile latency:
+numba is the primary engine, but compiling its kernels the first time takes
+about 8 s per dtype, while the Cython kernels are compiled ahead of time. So
+"auto" is numba when its compiled kernels are in numba's on-disk cache,
+otherwise Cython for this process while a detached, low-priority process
+compiles numba's kernels into the cache for the processes that follow. A
+separate process (not a thread) survives short scripts and does not compete
+with the user's fit for the GIL. Resolving once keeps every fit of a process
+on the same kernels, so refitting with the same seed reproduces a model
+exactly. ``FASTLSTM_NO_BACKGROUND_COMPILE=1`` turns the background
+compilation off.
 """
 
 import hashlib
@@ -33,8 +36,8 @@ _REGISTRY = {
     "numba": ("fastlstm._kernels.numba_lstm", "lstm_forward", "lstm_backward"),
     "cython": ("fastlstm._kernels.cython_lstm", "forward", "backward"),
     "reference": ("fastlstm._kernels.reference", "forward", "backward"),
-    # numba.cuda kernels on an NVIDIA GPU (pip install fastlstm[cuda]). Only
-    # ever chosen by name: resolve_auto() below picks among the CPU backends.
+    # numba.cuda kernels on an NVIDIA GPU (pip install fastlstm[cuda]); "auto"
+    # picks it where gpu_usable() says a real GPU is there.
     "cuda": ("fastlstm._kernels.cuda_lstm", "forward", "backward"),
 }
 
@@ -149,16 +152,47 @@ def compile_numba_kernels():
         warm_up_streaming(dtype)
 
 
+def gpu_usable():
+    """Whether numba.cuda can run kernels on a real NVIDIA GPU here.
+
+    False when numba.cuda does not import, when it is Numba's CUDA simulator
+    (``NUMBA_ENABLE_CUDASIM=1``: correct but far too slow to be chosen
+    unasked), or when ``numba.cuda.is_available()`` is False (no driver, no
+    device or no libNVVM). Costs the import of numba.cuda (about 0.1 s) and,
+    where a driver is installed, its initialisation; never raises.
+
+    Returns
+    -------
+    usable : bool
+    """
+    try:
+        import numba
+
+        if getattr(numba.config, "ENABLE_CUDASIM", False):
+            return False
+        from numba import cuda
+
+        return bool(cuda.is_available())
+    except Exception:  # noqa: BLE001 - any failure means no GPU for "auto"
+        return False
+
+
 def resolve_auto():
     """The backend ``"auto"`` stands for in this process (decided once).
 
-    Always a CPU backend, numba or Cython: ``"cuda"`` is never picked
-    automatically, even where a GPU is present.
+    ``"cuda"`` where :func:`gpu_usable`; otherwise a CPU backend, numba when
+    its compiled kernels are cached, else Cython (see the module docstring).
+
+    Returns
+    -------
+    name : str
     """
     global _auto_choice
     with _auto_lock:
         if _auto_choice is None:
-            if numba_kernels_cached():
+            if gpu_usable():
+                _auto_choice = "cuda"
+            elif numba_kernels_cached():
                 _auto_choice = "numba"
             else:
                 try:

@@ -411,8 +411,8 @@ or list of array-like of shape (T_i,) or (T_i, n_outputs)
                     bias_initializer=self.bias_initializer,
                 )
         net_shape = self._network_shape()
-        trainer = Trainer(flat_params, shapes, net_shape, self._loss(),
-                          self._training_options(), backend)
+        trainer = self._make_trainer(flat_params, shapes, net_shape, backend,
+                                     per_step=targets.per_step)
         # A model that was never trained here (interop.from_torch) has no
         # optimiser state: it continues with a fresh optimiser.
         if incremental and warm and getattr(self, "_optimizer_state", None) is not None:
@@ -450,6 +450,21 @@ or list of array-like of shape (T_i,) or (T_i, n_outputs)
         self._optimizer_state = trainer.optimizer.state_dict()
         self._state = None
         return self
+
+    def _make_trainer(self, flat_params, shapes, net_shape, backend, *, per_step):
+        """The training loop: on the GPU for backend="cuda" where it supports the
+        options (everything stays on the device), otherwise on the host."""
+        options = self._training_options()
+        if backend.name == "cuda" and not per_step:
+            # Imported here: it imports numba.cuda, which only backend="cuda" needs.
+            from ._cuda_training import DeviceTrainer
+
+            try:
+                return DeviceTrainer(flat_params, shapes, net_shape, self._loss(), options,
+                                     backend)
+            except NotImplementedError:
+                pass  # e.g. dropout or projections: the host loop calls the same kernels
+        return Trainer(flat_params, shapes, net_shape, self._loss(), options, backend)
 
     def _split_validation(self, sequences, lengths, targets, rng):
         """Hold out ``validation_fraction`` of the sequences, stratified by class
@@ -738,15 +753,20 @@ default="l2norm"
         Start ``fit`` from the weights (and normalisation) of the previous
         fit instead of a new initialisation.
     backend : {"auto", "numba", "cython", "cuda", "reference"}, default="auto"
-        Compute kernels. "auto" uses numba once its compiled kernels are in
-        numba's cache, and the ahead-of-time compiled Cython kernels (while
-        numba compiles in the background) before that; it is decided once per
-        process and never picks "cuda". "cuda" runs the kernels on an NVIDIA
-        GPU through numba.cuda (``pip install fastlstm[cuda]``; for now the
-        training loop around the kernels stays on the CPU). "reference" is the
-        slow NumPy oracle, for testing. The compiled backends agree to about
-        1e-6 in float32, not to the bit: pin one for bit-for-bit
-        reproducibility across processes.
+        Compute kernels. "auto" uses "cuda" where numba.cuda finds a usable
+        NVIDIA GPU (never Numba's CUDA simulator); otherwise numba once its
+        compiled kernels are in numba's cache, and the ahead-of-time compiled
+        Cython kernels (while numba compiles in the background) before that.
+        It is decided once per process. "cuda" runs on an NVIDIA GPU through
+        numba.cuda (``pip install fastlstm[cuda]``): training keeps parameters,
+        gradients, optimiser state and batches on the GPU for the whole fit
+        (options the device loop lacks, such as dropout, projections,
+        per-step targets, truncated backpropagation or optimisers other than
+        Adam, train with the same kernels from a host loop), and
+        ``weights_`` come back as NumPy arrays; without a GPU it raises a
+        RuntimeError. "reference" is the slow NumPy oracle, for testing. The
+        compiled backends agree to about 1e-6 in float32, not to the bit: pin
+        one for bit-for-bit reproducibility across processes.
     dtype : {"float32", "float64"}, default="float32"
         Precision of parameters and computation.
     n_jobs : int or None, default=None

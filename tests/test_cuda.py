@@ -81,16 +81,66 @@ def test_estimator_fits_on_the_gpu_like_on_the_cpu(n_jobs):
         np.testing.assert_allclose(on_gpu.weights_[name], value, rtol=1e-6, atol=1e-9)
 
 
-def test_cuda_is_registered_but_never_chosen_by_auto(monkeypatch):
+def test_cuda_is_registered():
     assert "cuda" in _backends.BACKEND_NAMES
     backend = _backends.get_backend("cuda")  # imports the module: no GPU needed
     assert backend.forward is cuda_lstm.forward and backend.backward is cuda_lstm.backward
-    monkeypatch.setattr(cuda, "is_available", lambda: True)  # even with a GPU
+
+
+@pytest.fixture
+def undecided_auto(monkeypatch):
+    """resolve_auto() decides afresh (and starts no compile process)."""
+    monkeypatch.setattr(_backends, "_auto_choice", None)
     monkeypatch.setattr(_backends, "_warm_numba_in_background", lambda: None)
+    monkeypatch.setattr(_backends, "numba_kernels_cached", lambda: True)
+
+
+def test_auto_picks_cuda_where_a_real_gpu_is_usable(monkeypatch, undecided_auto):
+    """Decided from numba.cuda.is_available() and the simulator flag; no kernel runs."""
+    monkeypatch.setattr(config, "ENABLE_CUDASIM", False)
+    monkeypatch.setattr(cuda, "is_available", lambda: True)
+    assert _backends.gpu_usable()
+    assert _backends.resolve_auto() == "cuda"
+    monkeypatch.setattr(cuda, "is_available", lambda: False)
+    assert _backends.resolve_auto() == "cuda"  # decided once per process
+
+
+def test_auto_never_picks_the_simulator(monkeypatch, undecided_auto):
+    monkeypatch.setattr(config, "ENABLE_CUDASIM", True)
+    monkeypatch.setattr(cuda, "is_available", lambda: True)  # as the simulator says
+    assert not _backends.gpu_usable()
+    assert _backends.resolve_auto() == "numba"
+
+
+@pytest.mark.parametrize("is_available", ["false", "raises"])
+def test_auto_falls_back_to_the_cpu_silently(monkeypatch, undecided_auto, is_available):
+    def broken():
+        raise RuntimeError("driver exploded")
+
+    monkeypatch.setattr(config, "ENABLE_CUDASIM", False)
+    monkeypatch.setattr(cuda, "is_available", broken if is_available == "raises" else lambda: False)
+    assert not _backends.gpu_usable()
+    assert _backends.resolve_auto() == "numba"
     for cached in (True, False):
         monkeypatch.setattr(_backends, "_auto_choice", None)
         monkeypatch.setattr(_backends, "numba_kernels_cached", lambda cached=cached: cached)
         assert _backends.resolve_auto() == ("numba" if cached else "cython")
+
+
+@pytest.mark.skipif(gpu_present(), reason="a GPU is usable here")
+def test_auto_is_a_cpu_backend_without_a_gpu(monkeypatch):
+    """Unpatched, on this machine: no GPU, so no cuda (and no error)."""
+    monkeypatch.setattr(_backends, "_auto_choice", None)
+    monkeypatch.setattr(_backends, "_warm_numba_in_background", lambda: None)
+    assert not _backends.gpu_usable()
+    assert _backends.resolve_auto() in ("numba", "cython")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not gpu_present(), reason="needs an NVIDIA GPU (numba.cuda.is_available())")
+def test_auto_is_cuda_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(_backends, "_auto_choice", None)
+    assert _backends.resolve_auto() == "cuda"
 
 
 @pytest.mark.skipif(gpu_present() or config.ENABLE_CUDASIM,

@@ -35,6 +35,18 @@ stream:
 The device code uses exact ``math.exp``/``math.tanh`` in both float32 and
 float64, and every reduction runs in a fixed order, so a call is reproducible.
 
+Shared memory is dynamic (``cuda.shared.array(0, ...)``, its size given at
+launch by :func:`launch_gemm` and :func:`launch_column_sum`), never a static
+``cuda.shared.array(shape, ...)``. On a GPU the two are the same memory. In
+numba's CUDA simulator a static shared array is made lazily by whichever
+simulated thread of the block reaches it first, with an unlocked
+look-up-then-create keyed by source line: when the GIL passes to another
+thread between the look-up and the store (more likely on a loaded machine),
+two threads of one block get different arrays, and a reader sees ``np.empty``
+garbage where the other thread's writes went. That made simulator results
+vary from run to run. The dynamic buffer is made once, before any thread of
+the launch starts, so every thread sees the same memory.
+
 Host or device arrays
 ---------------------
 Every array argument may be a NumPy array or a numba device array (anything
@@ -48,17 +60,19 @@ into ``gates``).
 
 Scope
 -----
-This is the kernel level: with NumPy arrays, as the network and the trainers
-pass them today, every call pays host-device copies of its inputs, saved
-buffers and gradients. A device-resident training loop (parameters, packed
-batches, saved buffers and optimiser state kept on the GPU across calls) is
-future work.
+This is the kernel level: with NumPy arrays, as the network and the host
+trainer pass them, every call pays host-device copies of its inputs, saved
+buffers and gradients. A fit with backend="cuda" trains in
+:class:`fastlstm._cuda_training.DeviceTrainer` instead wherever it supports
+the options, passing device arrays that stay on the GPU for the whole fit;
+prediction goes through the network with NumPy arrays.
 
 Without a usable GPU (no driver, no device, and not the numba CUDA simulator
 ``NUMBA_ENABLE_CUDASIM=1``) this module still imports; calling :func:`forward`
 or :func:`backward` raises a ``RuntimeError`` that says why.
 """
 
+import contextlib
 import math
 import threading
 import warnings
@@ -99,7 +113,21 @@ else:
 _available = False
 # The simulator runs one kernel at a time in the whole process; calls from the
 # network's worker threads take turns there. A real GPU needs no such lock.
-_SIMULATOR_LOCK = threading.Lock() if _simulated() else None
+# Reentrant, so that a caller holding it (simulator_turn) can call forward and
+# backward, which take it too.
+_SIMULATOR_LOCK = threading.RLock() if _simulated() else None
+
+
+def simulator_turn():
+    """A context in which this thread's kernel launches do not interleave with
+    another thread's in numba's CUDA simulator; it does nothing on a GPU.
+
+    The simulator swaps ``cuda`` in the kernel module's globals for the
+    length of each launch and supports one launch at a time per process, so
+    code that launches its own kernels while other threads may launch too
+    (the device training loop, say) holds this around them.
+    """
+    return _SIMULATOR_LOCK if _SIMULATOR_LOCK is not None else contextlib.nullcontext()
 
 
 def _require_cuda():
@@ -150,7 +178,10 @@ def kernels(dtype_name, tile=None):
     -------
     kernels : types.SimpleNamespace
         ``gemm``, ``gates_forward``, ``gates_backward``, ``column_sum``,
-        ``copy_rows``, ``add_rows`` and ``tile``.
+        ``copy_rows``, ``add_rows``, ``tile``, and the dynamic shared memory
+        the GEMM and the column sum need per block, ``gemm_shared_bytes`` and
+        ``column_sum_shared_bytes`` (launch them with :func:`launch_gemm` and
+        :func:`launch_column_sum`).
     """
     from types import SimpleNamespace
 
@@ -199,9 +230,13 @@ def kernels(dtype_name, tile=None):
         of tile x tile threads computes one tile of C; thread x runs along
         the columns of C so that its reads and writes of C coalesce, and the
         transposed loads swap roles so that global reads stay coalesced too.
+
+        Both tiles live in one dynamic shared array (see the module
+        docstring): a_tile[i, p] at tiles[i * pad + p] and b_tile[p, j] at
+        tiles[b_base + p * pad + j].
         """
-        a_tile = cuda.shared.array((tile, pad), element)  # a_tile[i, p]
-        b_tile = cuda.shared.array((tile, pad), element)  # b_tile[p, j]
+        tiles = cuda.shared.array(0, element)
+        b_base = tile * pad
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         i0 = cuda.blockIdx.x * tile
@@ -212,23 +247,23 @@ def kernels(dtype_name, tile=None):
             if trans_a:
                 if p0 + ty < k and i0 + tx < m:
                     value = A[p0 + ty, a_off + i0 + tx]
-                a_tile[tx, ty] = value
+                tiles[tx * pad + ty] = value
             else:
                 if i0 + ty < m and p0 + tx < k:
                     value = A[a_off + i0 + ty, p0 + tx]
-                a_tile[ty, tx] = value
+                tiles[ty * pad + tx] = value
             value = zero
             if trans_b:
                 if j0 + ty < n and p0 + tx < k:
                     value = B[j0 + ty, p0 + tx]
-                b_tile[tx, ty] = value
+                tiles[b_base + tx * pad + ty] = value
             else:
                 if p0 + ty < k and j0 + tx < n:
                     value = B[p0 + ty, j0 + tx]
-                b_tile[ty, tx] = value
+                tiles[b_base + ty * pad + tx] = value
             cuda.syncthreads()
             for q in range(tile):
-                acc += a_tile[ty, q] * b_tile[q, tx]
+                acc += tiles[ty * pad + q] * tiles[b_base + q * pad + tx]
             cuda.syncthreads()
         i = i0 + ty
         j = j0 + tx
@@ -312,9 +347,10 @@ def kernels(dtype_name, tile=None):
     @cuda.jit
     def column_sum(A, out, n_rows, n_cols):
         """out[j] = sum_r A[r, j]: a block of sum_columns x sum_rows threads
-        per sum_columns columns, partial sums in shared memory, added in a
-        fixed order (deterministic)."""
-        partial = cuda.shared.array((sum_rows, sum_columns), element)
+        per sum_columns columns, partial sums in (dynamic) shared memory,
+        partial[ty, tx] at partial[ty * sum_columns + tx], added in a fixed
+        order (deterministic)."""
+        partial = cuda.shared.array(0, element)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         j = cuda.blockIdx.x * sum_columns + tx
@@ -322,12 +358,12 @@ def kernels(dtype_name, tile=None):
         if j < n_cols:
             for r in range(ty, n_rows, sum_rows):
                 acc += A[r, j]
-        partial[ty, tx] = acc
+        partial[ty * sum_columns + tx] = acc
         cuda.syncthreads()
         if ty == 0 and j < n_cols:
             total = zero
             for q in range(sum_rows):
-                total += partial[q, tx]
+                total += partial[q * sum_columns + tx]
             out[j] = total
 
     @cuda.jit
@@ -348,9 +384,12 @@ def kernels(dtype_name, tile=None):
             j = index - r * n_cols
             out[out_off + r, j] = a[r, j] + b[b_off + r, j]
 
+    itemsize = np.dtype(dtype_name).itemsize
     return SimpleNamespace(
         tile=tile, gemm=gemm, gates_forward=gates_forward, gates_backward=gates_backward,
         column_sum=column_sum, copy_rows=copy_rows, add_rows=add_rows,
+        gemm_shared_bytes=2 * tile * pad * itemsize,
+        column_sum_shared_bytes=sum_rows * sum_columns * itemsize,
     )
 
 
@@ -368,8 +407,16 @@ def launch_gemm(K, A, B, C, m, n, k, a_off=0, c_off=0, trans_a=False, trans_b=Fa
     if m == 0 or n == 0:
         return
     tile = K.tile
-    K.gemm[(_blocks(m, tile), _blocks(n, tile)), (tile, tile)](
+    K.gemm[(_blocks(m, tile), _blocks(n, tile)), (tile, tile), 0, K.gemm_shared_bytes](
         A, B, C, m, n, k, a_off, c_off, int(trans_a), int(trans_b), int(accumulate))
+
+
+def launch_column_sum(K, A, out, n_rows, n_cols):
+    """``out[:n_cols] = A[:n_rows, :n_cols].sum(axis=0)`` on the GPU, in a fixed order."""
+    if n_cols == 0:
+        return
+    K.column_sum[_blocks(n_cols, SUM_COLUMNS), (SUM_COLUMNS, SUM_ROWS), 0,
+                 K.column_sum_shared_bytes](A, out, n_rows, n_cols)
 
 
 def _pointwise(kernel, n_threads, *args):
@@ -568,7 +615,5 @@ def _backward(K, X, batch_sizes, W, R, W_proj, h0, c0, reverse, gate_kind, state
     launch_gemm(K, d_dG, d_W, d_dX, n_rows, n_inputs, 4 * hidden)
     if project:
         launch_gemm(K, d_dH_total, d_M, d_dW_proj, state, hidden, n_rows, trans_a=True)
-    if 4 * hidden:
-        K.column_sum[_blocks(4 * hidden, SUM_COLUMNS), (SUM_COLUMNS, SUM_ROWS)](
-            d_dG, d_dbias, n_rows, 4 * hidden)
+    launch_column_sum(K, d_dG, d_dbias, n_rows, 4 * hidden)
     io.finish()

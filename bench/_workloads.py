@@ -178,14 +178,42 @@ class FastlstmTrainStep:
         return self.trainer._step(self.chunk, None, self.targets, self.rng, self.executor)
 
 
+class FastlstmDeviceTrainStep(FastlstmTrainStep):
+    """One step of the device-resident CUDA trainer (``backend="cuda"``) on the
+    workload's batch, uploaded once, as ``fit`` uploads its batches once.
+
+    The step returns the loss, a one-value copy to the host, so the timed call
+    includes waiting for the GPU to finish.
+    """
+
+    def __init__(self, spec, *, seed=0):
+        from fastlstm._cuda_training import DeviceTrainer
+
+        super().__init__(spec, seed=seed, backend="cuda")
+        self.trainer = DeviceTrainer(self.flat_params, self.shapes, self.net_shape,
+                                     self.trainer.loss, self.options, self.backend)
+        self.trainer._params.copy_to_device(self.flat_params)
+        (self.batch,) = self.trainer._upload(self.sequences, self.lengths, self.targets,
+                                             np.random.RandomState(seed))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def step(self):
+        return self.trainer._device_step(self.batch)
+
+
 class FastlstmInference:
     """``network_outputs`` on the workload's batch (what ``predict`` runs, minus
     input checking and scaling), with the estimator's default threads."""
 
-    def __init__(self, spec, *, n_jobs=None, seed=0):
+    def __init__(self, spec, *, n_jobs=None, seed=0, backend=None):
         from fastlstm._trainer import effective_n_threads
 
-        self.train = FastlstmTrainStep(spec, n_jobs=n_jobs, seed=seed)
+        self.train = FastlstmTrainStep(spec, n_jobs=n_jobs, seed=seed, backend=backend)
         self.n_threads = effective_n_threads(n_jobs)
 
     def __call__(self):
@@ -365,11 +393,11 @@ def japanese_vowels():
     return load_japanese_vowels()
 
 
-def fastlstm_jv_fit(X_train, y_train, epochs, seed=0):
+def fastlstm_jv_fit(X_train, y_train, epochs, seed=0, backend="auto"):
     """fastlstm's fit() with the MATLAB recipe; returns the fitted classifier."""
     from fastlstm import LSTMClassifier
 
-    clf = LSTMClassifier(max_epochs=epochs, random_state=seed, **JV_PARAMS)
+    clf = LSTMClassifier(max_epochs=epochs, random_state=seed, backend=backend, **JV_PARAMS)
     return clf.fit(X_train, y_train)
 
 

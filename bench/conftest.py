@@ -9,10 +9,12 @@ Run from the repository root (``testpaths`` keeps ``bench/`` out of a plain
 Options:
 
 ``--device {cpu,cuda}``
-    Where the PyTorch entries run (default cpu). The suite has no fastlstm
-    CUDA entries yet, so with ``cuda`` the fastlstm entries skip (and the
-    CPU-only ones: busy core, peak RSS, cold start); every entry skips
-    without a CUDA GPU.
+    Where both sides run (default cpu). With ``cuda``: PyTorch on the GPU
+    (cuDNN), fastlstm with ``backend="cuda"`` (the W1, W2 and W3 training
+    steps in the device-resident trainer, inference through the cuda
+    kernels); the CPU-only entries (busy core, peak RSS, cold start, W4,
+    JV-full for fastlstm, ONNX Runtime) skip. Every entry skips without a
+    CUDA GPU; numba's CUDA simulator does not count.
 ``--quick``
     Fewer epochs for the end-to-end Japanese Vowels fits (the report
     extrapolates their time to 100 epochs).
@@ -43,8 +45,7 @@ BUSY_LOOP_MAX_SECONDS = 120.0
 def pytest_addoption(parser):
     group = parser.getgroup("fastlstm benchmarks")
     group.addoption("--device", choices=("cpu", "cuda"), default="cpu",
-                    help="device of the PyTorch entries; fastlstm entries skip with cuda "
-                         "(no fastlstm CUDA entries yet)")
+                    help="where PyTorch and fastlstm run; cuda needs an NVIDIA GPU")
     group.addoption("--quick", action="store_true", default=False,
                     help="fewer epochs for the end-to-end Japanese Vowels fits")
 
@@ -54,10 +55,11 @@ def device(request):
     """The device of the run; skips every entry when cuda is asked for but absent."""
     name = request.config.getoption("--device")
     if name == "cuda":
-        import torch
+        from numba import config, cuda
 
-        if not torch.cuda.is_available():
-            pytest.skip("--device cuda: no CUDA GPU is available to PyTorch on this machine")
+        if config.ENABLE_CUDASIM or not cuda.is_available():
+            pytest.skip("--device cuda: numba finds no CUDA GPU on this machine "
+                        "(the CUDA simulator is not benchmarked)")
     return name
 
 
@@ -68,7 +70,8 @@ def quick(request):
 
 @pytest.fixture(scope="session")
 def fastlstm_ready(device):
-    """Skip fastlstm entries on CUDA; otherwise make ``backend="auto"`` mean numba.
+    """The backend of the fastlstm entries: "cuda" with ``--device cuda``;
+    otherwise make ``backend="auto"`` mean numba, and return what it resolves to.
 
     ``"auto"`` picks the ahead-of-time Cython kernels (and starts a background
     compilation) whenever numba's on-disk cache is cold. To benchmark the
@@ -76,8 +79,7 @@ def fastlstm_ready(device):
     into the cache first, before anything resolves ``"auto"``.
     """
     if device == "cuda":
-        pytest.skip("no fastlstm CUDA entries yet: this suite times fastlstm's CPU backends "
-                    "only (run with --device cpu); with --device cuda only PyTorch runs")
+        return "cuda"
     os.environ.setdefault("FASTLSTM_NO_BACKGROUND_COMPILE", "1")
     from fastlstm._backends import (
         compile_numba_kernels,
@@ -101,6 +103,8 @@ def torch_ready(device):
     """
     import torch
 
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("--device cuda: PyTorch has no CUDA here (a CPU-only build?)")
     torch.set_num_threads(TORCH_THREADS)
     torch.set_flush_denormal(True)
     return torch

@@ -80,9 +80,13 @@ def _torch_label(base, threads):
 # ======================================================================================
 
 
-def _train_fastlstm(benchmark, name, n_jobs, *, group, rounds, **extra):
+def _train_fastlstm(benchmark, name, n_jobs, *, group, rounds, device="cpu", **extra):
     spec = wl.SPECS[name]
-    step = wl.FastlstmTrainStep(spec, n_jobs=n_jobs)
+    if device == "cuda":
+        step = wl.FastlstmDeviceTrainStep(spec)
+        extra["device"] = device
+    else:
+        step = wl.FastlstmTrainStep(spec, n_jobs=n_jobs)
     label = "fastlstm" if n_jobs is None else f"fastlstm n_jobs={n_jobs}"
     record(benchmark, workload=group, impl="fastlstm", label=label, primary=n_jobs is None,
            flops=spec.train_flops(), threads=step.n_threads, backend=step.backend.name,
@@ -126,7 +130,10 @@ def test_train(benchmark, device, request, name, impl, variant):
     if impl == "fastlstm":
         request.getfixturevalue("fastlstm_ready")
         n_jobs = 1 if variant == "n_jobs=1" else None
-        _train_fastlstm(benchmark, name, n_jobs, group=benchmark.group, rounds=rounds)
+        if device == "cuda" and n_jobs is not None:
+            pytest.skip("n_jobs sets CPU threads; the cuda entry is the default one")
+        _train_fastlstm(benchmark, name, n_jobs, group=benchmark.group, rounds=rounds,
+                        device=device)
     else:
         torch = request.getfixturevalue("torch_ready")
         threads = 1 if variant == "1-thread" else TORCH_THREADS
@@ -237,14 +244,14 @@ def test_infer(benchmark, device, request, tmp_path, name, impl):
     rounds = {"max_rounds": INFER_ROUNDS[0], "warmup_rounds": INFER_ROUNDS[1]}
     if impl == "fastlstm":
         ready = request.getfixturevalue("fastlstm_ready")
-        infer = wl.FastlstmInference(spec)
+        infer = wl.FastlstmInference(spec, backend=ready)
         record(benchmark, workload=benchmark.group, impl="fastlstm",
                label="fastlstm network_outputs", primary=True, flops=spec.forward_flops(),
-               threads=infer.n_threads, backend=ready)
+               threads=infer.n_threads, backend=ready, device=device)
         run_budgeted(benchmark, infer, **rounds)
     elif impl == "fastlstm-predict_proba":
-        request.getfixturevalue("fastlstm_ready")
-        clf = wl.fitted_fastlstm_estimator(spec)
+        ready = request.getfixturevalue("fastlstm_ready")
+        clf = wl.fitted_fastlstm_estimator(spec, backend=ready)
         sequences = list(wl.make_data(spec)[0])
         record(benchmark, workload=benchmark.group, impl="fastlstm",
                label="fastlstm predict_proba", flops=spec.forward_flops(), backend=clf.backend_)
@@ -276,6 +283,8 @@ W4_SEQUENCE_ROUNDS = {"max_rounds": 40, "warmup_rounds": 3}
 @pytest.fixture(scope="module")
 def w4_regressor(fastlstm_ready):
     """A fitted per-step LSTMRegressor (input 8, hidden 128)."""
+    if fastlstm_ready == "cuda":
+        pytest.skip("streaming prediction is a CPU path (one step is too little GPU work)")
     return wl.fitted_fastlstm_estimator(wl.W4, per_step=True, n_sequences=8, n_steps=20)
 
 
@@ -347,8 +356,10 @@ def test_jv_full_fastlstm(benchmark, fastlstm_ready, jv_data, quick):
     benchmark.group = "JV-full"
     epochs = JV_QUICK_EPOCHS if quick else JV_EPOCHS
     X_train, y_train, X_test, y_test = jv_data
+    backend = "cuda" if fastlstm_ready == "cuda" else "auto"
     fitted = []
-    run_once(benchmark, lambda: fitted.append(wl.fastlstm_jv_fit(X_train, y_train, epochs)))
+    run_once(benchmark, lambda: fitted.append(
+        wl.fastlstm_jv_fit(X_train, y_train, epochs, backend=backend)))
     clf = fitted[-1]
     seconds = benchmark.stats.stats.median
     epoch_seconds = [entry["seconds"] for entry in clf.history_]
@@ -493,6 +504,8 @@ def test_cold_baseline(benchmark, device, what):
 def test_cold_empty_cache(benchmark, fastlstm_ready, cache_root, shared_numba_cache, backend):
     """A fresh process: import fastlstm, fit and predict a tiny model, with an
     empty numba cache (a new NUMBA_CACHE_DIR every round)."""
+    if fastlstm_ready == "cuda":
+        pytest.skip("cold start is measured on the CPU")
     benchmark.group = "cold-start"
     result = {}
     counter = iter(range(1000))
@@ -518,6 +531,8 @@ def test_cold_empty_cache(benchmark, fastlstm_ready, cache_root, shared_numba_ca
 @pytest.mark.parametrize("backend", ["auto", "numba"])
 def test_cold_warm_cache(benchmark, fastlstm_ready, shared_numba_cache, backend):
     """The same fresh process with numba's cache already filled."""
+    if fastlstm_ready == "cuda":
+        pytest.skip("cold start is measured on the CPU")
     benchmark.group = "cold-start"
     if not _cache_filled(shared_numba_cache):
         _run_worker(["cold", "numba"], _child_env(shared_numba_cache))

@@ -134,6 +134,8 @@ def record(benchmark, *, workload, impl, label, flops=None, primary=False, **ext
     info.update(workload=workload, impl=impl, label=label, primary=bool(primary))
     # Other processes share this machine: keep a trace of how busy it was.
     info["loadavg_1min"] = os.getloadavg()[0]
+    # OpenBLAS's kernels (AVX2 "Haswell" or AVX-512 "SkylakeX") change fastlstm's GEMMs.
+    info["openblas_coretype"] = os.environ.get("OPENBLAS_CORETYPE")
     if flops is not None:
         info["flops"] = int(flops)
     info.update(extra)

@@ -40,7 +40,7 @@ from ._kernels.cuda_lstm import _pointwise, cuda, launch_column_sum, launch_gemm
 from ._losses import cross_entropy, mean_squared_error
 from ._network import layer_name
 from ._optim import learning_rate_at
-from ._trainer import Trainer
+from ._trainer import EpochRecord, Trainer
 from ._weights import GATES
 
 _NO_PROJECTION = {np.float32: np.zeros((0, 0), np.float32),
@@ -597,15 +597,15 @@ class DeviceTrainer(Trainer):
         schedule = np.arange(len(batches))
         if options.shuffle == "once":
             schedule = rng.permutation(schedule)
-        history = []
-        best_loss, best_params, best_state, stale_epochs = np.inf, None, None, 0
+        # validate reads the host parameters: copy them there first.
+        epochs = EpochRecord(self, validate, log, before_validate=self._sync_to_host)
         for _ in range(n_epochs):
             epoch = self.epochs_done + 1
             start = time.perf_counter()
             self.optimizer.learning_rate = learning_rate_at(
                 epoch, options.learning_rate, options.learning_rate_schedule,
                 options.learning_rate_drop_factor, options.learning_rate_drop_period)
-            if rebatch and history:
+            if rebatch and epochs.history:
                 batches = self._upload(sequences, lengths, targets, rng)
             if options.shuffle == "every-epoch":
                 schedule = rng.permutation(len(batches))
@@ -617,26 +617,10 @@ class DeviceTrainer(Trainer):
                 if log is not None:
                     log.progress(epoch, done, len(schedule))
             self.epochs_done = epoch
-            entry = {"epoch": epoch, "loss": total_loss / max(total_rows, 1),
-                     "val_loss": None, "val_score": None,
-                     "learning_rate": self.optimizer.learning_rate}
-            if validate is not None:
-                self._sync_to_host()  # validate reads the host parameters
-                entry["val_loss"], entry["val_score"] = validate()
-            entry["seconds"] = time.perf_counter() - start
-            history.append(entry)
-            if log is not None:
-                log.epoch(entry, self.iterations_done)
-            if validate is not None and options.early_stopping:
-                if entry["val_loss"] < best_loss:
-                    best_loss, stale_epochs = entry["val_loss"], 0
-                    best_params = self.flat_params.copy()
-                    best_state = self.optimizer.state_dict()
-                else:
-                    stale_epochs += 1
-                    if stale_epochs >= options.n_iter_no_change:
-                        break
-        if best_params is not None:
-            self._params.copy_to_device(best_params)
-            self.optimizer.load_state_dict(best_state)
-        return history
+            if epochs.end(epoch, total_loss, total_rows, start):
+                break
+        best = epochs.best()
+        if best is not None:
+            self._params.copy_to_device(best[0])
+            self.optimizer.load_state_dict(best[1])
+        return epochs.history

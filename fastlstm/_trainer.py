@@ -391,8 +391,7 @@ class Trainer:
         schedule = np.arange(len(batches))
         if options.shuffle == "once":
             schedule = rng.permutation(schedule)
-        history = []
-        best_loss, best_params, best_state, stale_epochs = np.inf, None, None, 0
+        epochs = EpochRecord(self, validate, log)
         with compute_environment(options.n_threads) as executor:
             for _ in range(n_epochs):
                 epoch = self.epochs_done + 1
@@ -400,7 +399,7 @@ class Trainer:
                 self.optimizer.learning_rate = learning_rate_at(
                     epoch, options.learning_rate, options.learning_rate_schedule,
                     options.learning_rate_drop_factor, options.learning_rate_drop_period)
-                if rebatch and history:  # the first epoch uses the batches above
+                if rebatch and epochs.history:  # the first epoch uses the batches above
                     batches = self.prepare(sequences, lengths, targets, rng)
                 if options.shuffle == "every-epoch":
                     schedule = rng.permutation(len(batches))
@@ -414,29 +413,74 @@ class Trainer:
                     if log is not None:
                         log.progress(epoch, done, len(schedule))
                 self.epochs_done = epoch
-                entry = {"epoch": epoch, "loss": total_loss / max(total_rows, 1),
-                         "val_loss": None, "val_score": None,
-                         "learning_rate": self.optimizer.learning_rate}
-                if validate is not None:
-                    entry["val_loss"], entry["val_score"] = validate()
-                entry["seconds"] = time.perf_counter() - start
-                history.append(entry)
-                if log is not None:
-                    log.epoch(entry, self.iterations_done)
-                if validate is not None and options.early_stopping:
-                    if entry["val_loss"] < best_loss:
-                        best_loss, stale_epochs = entry["val_loss"], 0
-                        best_params = self.flat_params.copy()
-                        best_state = self.optimizer.state_dict()
-                    else:
-                        stale_epochs += 1
-                        if stale_epochs >= options.n_iter_no_change:
-                            break
-        if best_params is not None:
+                if epochs.end(epoch, total_loss, total_rows, start):
+                    break
+        best = epochs.best()
+        if best is not None:
             # Restore the weights of the best validation loss.
-            self.flat_params[:] = best_params
-            self.optimizer.load_state_dict(best_state)
-        return history
+            self.flat_params[:] = best[0]
+            self.optimizer.load_state_dict(best[1])
+        return epochs.history
+
+
+class EpochRecord:
+    """The end of every epoch, for the host and the device trainers alike: the
+    history entry, validation, the log line, and early stopping's bookkeeping.
+
+    Parameters
+    ----------
+    trainer : Trainer or DeviceTrainer
+        Read for ``options``, ``optimizer``, ``iterations_done`` and the host
+        ``flat_params`` (kept as the best parameters so far).
+    validate : callable or None
+        ``validate() -> (loss, score)`` on the host parameters.
+    log : TrainingLog or None
+    before_validate : callable, default=None
+        Called before ``validate`` (the device trainer copies its parameters
+        to the host there).
+    """
+
+    def __init__(self, trainer, validate, log, before_validate=None):
+        self.trainer = trainer
+        self.validate = validate
+        self.log = log
+        self.before_validate = before_validate
+        self.history = []
+        self._best_loss, self._best, self._stale_epochs = np.inf, None, 0
+
+    def end(self, epoch, total_loss, total_rows, start):
+        """Record epoch ``epoch`` (started at ``start``, a perf_counter time).
+
+        Returns
+        -------
+        stop : bool
+            True when early stopping ends training here.
+        """
+        trainer = self.trainer
+        entry = {"epoch": epoch, "loss": total_loss / max(total_rows, 1),
+                 "val_loss": None, "val_score": None,
+                 "learning_rate": trainer.optimizer.learning_rate}
+        if self.validate is not None:
+            if self.before_validate is not None:
+                self.before_validate()
+            entry["val_loss"], entry["val_score"] = self.validate()
+        entry["seconds"] = time.perf_counter() - start
+        self.history.append(entry)
+        if self.log is not None:
+            self.log.epoch(entry, trainer.iterations_done)
+        if self.validate is None or not trainer.options.early_stopping:
+            return False
+        if entry["val_loss"] < self._best_loss:
+            self._best_loss, self._stale_epochs = entry["val_loss"], 0
+            self._best = (trainer.flat_params.copy(), trainer.optimizer.state_dict())
+            return False
+        self._stale_epochs += 1
+        return self._stale_epochs >= trainer.options.n_iter_no_change
+
+    def best(self):
+        """(parameters, optimiser state) of the best validation loss, or None
+        when early stopping did not run."""
+        return self._best
 
 
 class TrainingLog:

@@ -23,6 +23,7 @@ EXTENSIONS = {
     "fastlstm._packing": {"sources": ["fastlstm/_packing.pyx"], "openmp": True},
     "fastlstm._fpenv": {"sources": ["fastlstm/_fpenv.pyx"], "openmp": False},
     "fastlstm._optim_kernels": {"sources": ["fastlstm/_optim_kernels.pyx"], "openmp": False},
+    "fastlstm._kernels._gemm": {"sources": ["fastlstm/_kernels/_gemm.pyx"], "openmp": False},
     "fastlstm._kernels.cython_lstm": {"sources": ["fastlstm/_kernels/cython_lstm.pyx"], "openmp": False},
 }
 

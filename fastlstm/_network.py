@@ -174,7 +174,8 @@ def network_forward(params, shape, shards, backend, *, dropout_masks=None, h0=No
             result.saved["h0"][stack], result.saved["c0"][stack], direction == 1,
             shape.gate_kind, shape.state_kind,
             H, saved["Hprev"], saved["Cprev"], saved["TC"], saved["gates"], saved["M"],
-            result.h_n[stack], result.c_n[stack], _empty((batch_size, GATES * hidden), dtype),
+            result.h_n[stack], result.c_n[stack],
+            _empty((batch_size + layer_input.shape[1] + state, GATES * hidden), dtype),
         )
         layer_output[:, direction * state:(direction + 1) * state] = H
         result.saved[(layer, direction)] = saved

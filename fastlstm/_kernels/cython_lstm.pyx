@@ -78,6 +78,8 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
+from fastlstm._kernels._gemm cimport sgemm as own_sgemm, sgemm_enabled as own_sgemm_enabled
+
 # Cython has no ``restrict``; these typedefs give the pointwise loops C99
 # restrict-qualified pointers (see "Pointwise part of one step").
 cdef extern from *:
@@ -200,9 +202,11 @@ cdef inline void _gemm(
     floating *c,            # IN/OUT [m, n]
     int ldc,                # IN  row stride of c
 ) noexcept nogil:
-    """Row-major ``c = alpha op(a) op(b) + beta c`` with Fortran BLAS.
+    """Row-major ``c = alpha op(a) op(b) + beta c``.
 
-    ``beta`` is 0 or 1 (see the empty-sum case below).
+    ``beta`` is 0 or 1 (see the empty-sum case below). In float32, with
+    ``alpha`` 1 and ``b`` not transposed, fastlstm's own GEMM computes it
+    where it runs (``_gemm.pyx``); otherwise Fortran BLAS does.
 
     The row-major trick: BLAS sees each C-contiguous matrix as its
     transpose, so it computes ``c^T = op(b)^T op(a)^T``, which is the call
@@ -221,6 +225,10 @@ cdef inline void _gemm(
                 memset(c + row * ldc, 0, n * sizeof(floating))
         return
     if floating is float:
+        if not trans_b and alpha == 1 and own_sgemm(
+                m, n, k, a, 1 if trans_a else lda, lda if trans_a else 1, b, ldb,
+                beta != 0, c, ldc) == 0:
+            return
         sgemm(&transb, &transa, &n, &m, &k, &alpha, <float *> b, &ldb,
               <float *> a, &lda, &beta, c, &ldc)
     else:
@@ -235,6 +243,20 @@ cdef inline void _copy(
 ) noexcept nogil:
     if size > 0:
         memcpy(dst, src, size * sizeof(floating))
+
+
+cdef void _transpose(
+    Py_ssize_t rows,
+    Py_ssize_t cols,
+    const floating *src,    # IN  [rows, cols]
+    floating *dst,          # OUT [cols, rows]
+) noexcept nogil:
+    # Column by column of dst's rows: reads stride through src, writes are
+    # sequential; once per pass over a few hundred kB, it does not matter.
+    cdef Py_ssize_t i, j
+    for j in range(cols):
+        for i in range(rows):
+            dst[j * rows + i] = src[i * cols + j]
 
 
 cdef inline void _add(
@@ -434,6 +456,7 @@ cdef void _forward_pass(
     floating *M,                # OUT [N, H], or NULL without projection
     floating *h_n,              # OUT [B, P]
     floating *c_n,              # OUT [B, H]
+    floating *weights_t,        # OUT [I + P, 4H] (workspace), or NULL
     Py_ssize_t n_rows,
     Py_ssize_t n_steps,
     Py_ssize_t batch_size,
@@ -445,9 +468,22 @@ cdef void _forward_pass(
     cdef Py_ssize_t step, t, n_active, offset
     cdef bint project = W_proj != NULL
     cdef floating *m
+    # The GEMMs below multiply by W^T and R^T. BLAS reads a transposed
+    # operand in place; the own GEMM wants it row-contiguous, so with a
+    # weights_t workspace the two are transposed once here, for all steps.
+    cdef bint transposed = weights_t != NULL
+    cdef const floating *W_op = W
+    cdef const floating *R_op = R
+    cdef int ld_W = n_in, ld_R = state
+    if transposed:
+        _transpose(n_gates, n_in, W, weights_t)
+        _transpose(n_gates, state, R, weights_t + n_in * n_gates)
+        W_op, R_op = weights_t, weights_t + n_in * n_gates
+        ld_W = ld_R = n_gates
 
     # Hoisted input projection: gates = X W^T, one GEMM for every step.
-    _gemm(False, True, n_rows, n_gates, n_in, 1, X, n_in, W, n_in, 0, gates, n_gates)
+    _gemm(False, not transposed, n_rows, n_gates, n_in, 1, X, n_in, W_op, ld_W, 0, gates,
+          n_gates)
     # h_n and c_n double as the running state: a sequence that has finished
     # is never touched again, so its final state stays in place.
     _copy(batch_size * state, h0, h_n)
@@ -459,7 +495,7 @@ cdef void _forward_pass(
         if reverse:
             offset -= n_active
         # The recurrent GEMM on the active rows only, added to the input part.
-        _gemm(False, True, n_active, n_gates, state, 1, h_n, state, R, state,
+        _gemm(False, not transposed, n_active, n_gates, state, 1, h_n, state, R_op, ld_R,
               1, gates + offset * n_gates, n_gates)
         _copy(n_active * state, h_n, Hprev + offset * state)
         _copy(n_active * hidden, c_n, Cprev + offset * hidden)
@@ -645,7 +681,7 @@ def forward(
     M,                                  # OUT [N, H], or 0 rows (untouched)
     floating[:, ::1] h_n,               # OUT [B, P]
     floating[:, ::1] c_n,               # OUT [B, H]
-    floating[:, ::1] work,              # workspace [B, 4H], unused
+    floating[:, ::1] work,              # workspace [B + I + P, 4H]
 ):
     """Run one LSTM direction over a packed batch.
 
@@ -694,9 +730,10 @@ def forward(
         OUT. Each sequence's final hidden state.
     c_n : ndarray of shape (B, H)
         OUT. Each sequence's final cell state.
-    work : ndarray of shape (B, 4H)
-        Workspace. Unused here (the recurrent GEMM accumulates into
-        ``gates``), but checked, so that every backend takes the same arrays.
+    work : ndarray of shape (B + I + P, 4H)
+        Workspace. In float32, where fastlstm's own GEMM runs, rows B onward
+        take ``W`` and ``R`` transposed (the recurrent GEMM accumulates into
+        ``gates``, so the first B rows are not needed here).
 
     Raises
     ------
@@ -713,6 +750,7 @@ def forward(
     cdef bint project = W_proj.shape[0] > 0
     cdef const floating *W_proj_ptr = NULL
     cdef floating *M_ptr = NULL
+    cdef floating *weights_t = NULL
     cdef floating[:, ::1] M_view
 
     _check_common(batch_sizes, n_rows, n_in, batch_size, hidden, state,
@@ -725,7 +763,7 @@ def forward(
     _check_shape("gates", gates.shape[0], gates.shape[1], n_rows, 4 * hidden)
     _check_shape("h_n", h_n.shape[0], h_n.shape[1], batch_size, state)
     _check_shape("c_n", c_n.shape[0], c_n.shape[1], batch_size, hidden)
-    _check_shape("work", work.shape[0], work.shape[1], batch_size, 4 * hidden)
+    _check_shape("work", work.shape[0], work.shape[1], batch_size + n_in + state, 4 * hidden)
     if project:
         M_view = M
         _check_shape("M", M_view.shape[0], M_view.shape[1], n_rows, hidden)
@@ -737,6 +775,9 @@ def forward(
         W_proj_ptr = &W_proj[0, 0]
         if n_rows > 0:
             M_ptr = &M_view[0, 0]
+    if floating is float:
+        if own_sgemm_enabled() and hidden > 0:
+            weights_t = &work[batch_size, 0]
 
     with nogil:
         _forward_pass(
@@ -749,7 +790,7 @@ def forward(
             &Cprev[0, 0] if n_rows > 0 else NULL,
             &TC[0, 0] if n_rows > 0 else NULL,
             &gates[0, 0] if n_rows > 0 else NULL,
-            M_ptr, &h_n[0, 0], &c_n[0, 0],
+            M_ptr, &h_n[0, 0], &c_n[0, 0], weights_t,
             n_rows, n_steps, batch_size, n_in, hidden, state,
         )
 

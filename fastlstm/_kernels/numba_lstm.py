@@ -25,9 +25,11 @@ whole-batch GEMMs after the loop.
 Every array, outputs and workspaces included, is allocated by the caller.
 """
 
+import llvmlite.binding
 import numpy as np
-from numba import njit
+from numba import njit, types
 
+from . import _gemm
 from ._activations import gate_activation, gate_derivative, state_activation, state_derivative
 
 # fastmath lets LLVM vectorise the gate loops; error_model="numpy" removes the
@@ -35,6 +37,35 @@ from ._activations import gate_activation, gate_derivative, state_activation, st
 # kernels are serial (no parallel=True), so their compiled code can be cached
 # on disk safely.
 _JIT = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
+
+# fastlstm's own float32 GEMM (``own_gemm.h``, compiled into ``_gemm``),
+# called by its C name: LLVM resolves the name through add_symbol when it
+# links a kernel, which also works for kernels loaded from numba's on-disk
+# cache (a raw function address baked into the code would not).
+llvmlite.binding.add_symbol("fastlstm_sgemm_addresses", _gemm.numba_entry_address())
+_own_sgemm = types.ExternalFunction(
+    "fastlstm_sgemm_addresses",
+    types.intc(types.int64, types.int64, types.int64, types.uintp, types.int64, types.int64,
+               types.uintp, types.int64, types.int64, types.uintp, types.int64),
+)
+
+
+@njit(**_JIT)
+def _matmul(A, B, C):
+    """``C = A @ B``: fastlstm's own GEMM in float32 where it runs, else BLAS.
+
+    ``A`` may be a transposed view; the own GEMM needs ``B`` and ``C`` with
+    contiguous rows, and says so by returning 1 (as it does when it is off
+    or the CPU lacks AVX-512), and BLAS then computes the product.
+    """
+    size = A.itemsize
+    if size == 4 and B.strides[1] == size and C.strides[1] == size:
+        status = _own_sgemm(A.shape[0], B.shape[1], A.shape[1], A.ctypes.data,
+                            A.strides[0] // size, A.strides[1] // size, B.ctypes.data,
+                            B.strides[0] // size, 0, C.ctypes.data, C.strides[0] // size)
+        if status == 0:
+            return
+    np.dot(A, B, C)
 
 
 @njit(**_JIT)
@@ -122,15 +153,28 @@ def lstm_forward(
         its first step when ``reverse``.
     c_n : ndarray of shape (B, H)
         OUT. Each sequence's final cell state.
-    work : ndarray of shape (B, 4H)
-        Workspace for the recurrent GEMM.
+    work : ndarray of shape (B + I + P, 4H)
+        Workspace: the first B rows take the recurrent GEMM's product; in
+        float32 the rest take ``W`` and ``R`` transposed, the row-contiguous
+        operands fastlstm's own GEMM needs.
     """
     n_steps = batch_sizes.shape[0]
     hidden = c0.shape[1]
     n_rows = X.shape[0]
     project = W_proj.shape[0] > 0
-    # Hoisted input projection: one GEMM for every step of every sequence.
-    np.dot(X, W.T, gates)
+    batch_size = h0.shape[0]
+    # The own GEMM (float32) wants W^T and R^T row-contiguous: transpose them
+    # once for all steps. BLAS (float64) reads the transposes in place.
+    transposed = X.itemsize == 4
+    W_t = work[batch_size:batch_size + X.shape[1]]
+    R_t = work[batch_size + X.shape[1]:]
+    if transposed:
+        W_t[:] = W.T
+        R_t[:] = R.T
+        # Hoisted input projection: one GEMM for every step of every sequence.
+        _matmul(X, W_t, gates)
+    else:
+        np.dot(X, W.T, gates)
     # h_n/c_n double as the running state: a sequence that has finished is
     # never touched again, so its final state stays in place.
     h_n[:] = h0
@@ -141,7 +185,10 @@ def lstm_forward(
         n_active = batch_sizes[t]
         if reverse:
             offset -= n_active
-        np.dot(h_n[:n_active], R.T, work[:n_active])
+        if transposed:
+            _matmul(h_n[:n_active], R_t, work[:n_active])
+        else:
+            np.dot(h_n[:n_active], R.T, work[:n_active])
         Hprev[offset:offset + n_active] = h_n[:n_active]
         Cprev[offset:offset + n_active] = c_n[:n_active]
         for r in range(n_active):
@@ -243,22 +290,22 @@ def lstm_backward(
         if project:
             for r in range(n_active):
                 dH_total[offset + r] = dh0[r] + dH[offset + r]
-            np.dot(dH_total[offset:offset + n_active], W_proj, dM[:n_active])
+            _matmul(dH_total[offset:offset + n_active], W_proj, dM[:n_active])
         for r in range(n_active):
             row = offset + r
             _gates_backward(gates[row], TC[row], Cprev[row], dH[row], dh0[r], dc0[r],
                             dM[r] if project else dh0[r], dG[row], hidden, project,
                             gate_kind, state_kind)
         # Only the recurrent part of dh is needed inside the loop.
-        np.dot(dG[offset:offset + n_active], R, dh0[:n_active])
+        _matmul(dG[offset:offset + n_active], R, dh0[:n_active])
         if reverse:
             offset += n_active
     # Whole-batch GEMMs instead of one small GEMM per step.
-    np.dot(dG.T, X, dW)
-    np.dot(dG.T, Hprev, dR)
-    np.dot(dG, W, dX)
+    _matmul(dG.T, X, dW)
+    _matmul(dG.T, Hprev, dR)
+    _matmul(dG, W, dX)
     if project:
-        np.dot(dH_total.T, M, dW_proj)
+        _matmul(dH_total.T, M, dW_proj)
     dbias[:] = 0
     for row in range(n_rows):
         dg_row = dG[row]

@@ -1,0 +1,8 @@
+# C-level entry point of fastlstm's own GEMM, for other Cython modules
+# (``from fastlstm._kernels._gemm cimport sgemm``). See own_gemm.h.
+
+cdef int sgemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a,
+               Py_ssize_t a_row_stride, Py_ssize_t a_col_stride, const float *b,
+               Py_ssize_t ldb, bint accumulate, float *c, Py_ssize_t ldc) noexcept nogil
+
+cdef bint sgemm_enabled() noexcept nogil

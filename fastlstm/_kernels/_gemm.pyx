@@ -1,0 +1,110 @@
+# cython: language_level=3
+"""fastlstm's own single-precision GEMM for AVX-512 CPUs (``own_gemm.h``).
+
+One copy of the kernel and of its on/off switch serves every caller: the
+Cython kernels call :c:func:`sgemm` (a ``cimport`` of this module), the numba
+kernels call the C function at :func:`numba_entry_address` (registered with
+LLVM by ``numba_lstm``), and Python (tests, benchmarks) calls :func:`matmul`.
+
+The kernel is used where the CPU has AVX-512, for float32 only; elsewhere,
+and for float64 (where the kernels must agree with the NumPy reference to
+1e-9, and BLAS's double-precision kernels are what a user expects), every
+caller uses BLAS. ``FASTLSTM_OWN_GEMM=0`` in the environment, read at import,
+turns it off (to compare against BLAS, or to rule it out when debugging).
+"""
+
+import os
+
+import numpy as np
+
+from libc.stdint cimport int64_t, uintptr_t
+
+
+cdef extern from "own_gemm.h" nogil:
+    int fastlstm_gemm_cpu_supported()
+    int fastlstm_gemm_enabled()
+    void fastlstm_gemm_set_enabled(int enabled)
+    int fastlstm_sgemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a,
+                       Py_ssize_t a_row_stride, Py_ssize_t a_col_stride, const float *b,
+                       Py_ssize_t ldb, int accumulate, float *c, Py_ssize_t ldc)
+    int fastlstm_sgemm_addresses(int64_t m, int64_t n, int64_t k, uintptr_t a,
+                                 int64_t a_row_stride, int64_t a_col_stride, uintptr_t b,
+                                 int64_t ldb, int64_t accumulate, uintptr_t c, int64_t ldc)
+
+
+cdef int sgemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a,
+               Py_ssize_t a_row_stride, Py_ssize_t a_col_stride, const float *b,
+               Py_ssize_t ldb, bint accumulate, float *c, Py_ssize_t ldc) noexcept nogil:
+    """``C = [C +] A B`` (see own_gemm.h); 0 if done, 1 if the caller must use BLAS."""
+    return fastlstm_sgemm(m, n, k, a, a_row_stride, a_col_stride, b, ldb, accumulate, c, ldc)
+
+
+cdef bint sgemm_enabled() noexcept nogil:
+    """Whether :c:func:`sgemm` computes float32 products now (else it returns 1)."""
+    return fastlstm_gemm_enabled() != 0
+
+
+def cpu_supported():
+    """Whether this CPU (and its OS) can run the kernel: AVX-512F."""
+    return bool(fastlstm_gemm_cpu_supported())
+
+
+def enabled():
+    """Whether float32 GEMMs of the CPU kernels use the kernel now."""
+    return bool(fastlstm_gemm_enabled())
+
+
+def set_enabled(flag):
+    """Use the kernel (``True``, where the CPU supports it) or BLAS (``False``).
+
+    Returns the previous setting, so that a caller can restore it. Meant for
+    tests and benchmarks: switching while a fit runs mixes the two in one
+    model.
+    """
+    previous = enabled()
+    fastlstm_gemm_set_enabled(1 if flag else 0)
+    return previous
+
+
+def numba_entry_address():
+    """Address of the C function numba calls (``fastlstm_sgemm_addresses``)."""
+    return <size_t> &fastlstm_sgemm_addresses
+
+
+def matmul(A, B, C=None, *, accumulate=False):
+    """``C = [C +] A @ B`` with the kernel, for float32 matrices.
+
+    ``A`` may be any 2-D float32 array whose strides are whole elements
+    (transposed views included); ``B`` and ``C`` need contiguous rows.
+    Raises RuntimeError where the kernel is off or unsupported.
+    """
+    cdef const float[:, :] a = A
+    cdef const float[:, :] b = B
+    if C is None:
+        C = np.zeros((A.shape[0], B.shape[1]), dtype=np.float32)
+    cdef float[:, :] c = C
+    if a.shape[1] != b.shape[0] or c.shape[0] != a.shape[0] or c.shape[1] != b.shape[1]:
+        raise ValueError(f"shapes {A.shape} @ {B.shape} -> {C.shape} do not match")
+    if (b.shape[1] > 1 and b.strides[1] != sizeof(float)) or (
+            c.shape[1] > 1 and c.strides[1] != sizeof(float)):
+        raise ValueError("B and C need contiguous rows (column stride of one element)")
+    cdef Py_ssize_t m = a.shape[0], n = b.shape[1], k = a.shape[1]
+    cdef Py_ssize_t a_rs = a.strides[0] // sizeof(float), a_cs = a.strides[1] // sizeof(float)
+    cdef Py_ssize_t ldb = b.strides[0] // sizeof(float), ldc = c.strides[0] // sizeof(float)
+    cdef bint add = accumulate
+    cdef int status
+    # An empty dimension can leave a view's data pointer NULL; there is then
+    # nothing to read, so any valid address will do.
+    cdef float dummy = 0
+    cdef const float *a_ptr = &a[0, 0] if m > 0 and k > 0 else &dummy
+    cdef const float *b_ptr = &b[0, 0] if k > 0 and n > 0 else &dummy
+    cdef float *c_ptr = &c[0, 0] if m > 0 and n > 0 else &dummy
+    with nogil:
+        status = fastlstm_sgemm(m, n, k, a_ptr, a_rs, a_cs, b_ptr, ldb, add, c_ptr, ldc)
+    if status != 0:
+        raise RuntimeError("fastlstm's own GEMM is off or not supported on this CPU")
+    return C
+
+
+if os.environ.get("FASTLSTM_OWN_GEMM", "1").strip() == "0":
+    set_enabled(False)

@@ -1,0 +1,157 @@
+"""fastlstm's own float32 GEMM (``fastlstm/_kernels/own_gemm.h``).
+
+The kernel is checked on its own against float64 NumPy (every tail of its
+tiling: rows, columns, blocks of the summed dimension, strided and
+transposed operands), then inside both CPU backends against the NumPy
+reference, with the kernel on and with it off (BLAS), so that both paths a
+user can get stay tested on a machine that has AVX-512.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastlstm._backends import get_backend
+from fastlstm._kernels import _gemm
+
+from _lstm_cases import random_layer, random_packed_batch, run_direction
+
+needs_avx512 = pytest.mark.skipif(not _gemm.cpu_supported(),
+                                  reason="fastlstm's own GEMM needs a CPU with AVX-512")
+
+
+@pytest.fixture
+def own_gemm_off():
+    previous = _gemm.set_enabled(False)
+    yield
+    _gemm.set_enabled(previous)
+
+
+@pytest.fixture
+def own_gemm_on():
+    previous = _gemm.set_enabled(True)
+    yield
+    _gemm.set_enabled(previous)
+
+
+def reference_product(A, B):
+    return A.astype(np.float64) @ B.astype(np.float64)
+
+
+def relative_error(actual, expected):
+    scale = max(np.abs(expected).max(), 1e-30)
+    return np.abs(actual - expected).max() / scale
+
+
+# m: one tile, one row, a balanced split (27 -> 14 + 13), and past the 256
+# rows where the loop order changes; n: under, at and over the 16- and
+# 32-column masks; k: empty, one, and around the 256-step blocks (a
+# remainder under 64 joins the last block).
+@needs_avx512
+@pytest.mark.parametrize("m", [1, 14, 27, 300])
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 32, 33, 100])
+@pytest.mark.parametrize("k", [0, 1, 255, 256, 320, 321, 700])
+def test_matmul_matches_numpy(own_gemm_on, m, n, k):
+    rng = np.random.default_rng(m * 1000 + n * 10 + k)
+    A = rng.standard_normal((m, k)).astype(np.float32)
+    B = rng.standard_normal((k, n)).astype(np.float32)
+    C = _gemm.matmul(A, B, np.full((m, n), np.nan, dtype=np.float32))
+    if k == 0:
+        np.testing.assert_array_equal(C, 0)
+    else:
+        # Sums of k float32 products: error grows like sqrt(k) * eps.
+        assert relative_error(C, reference_product(A, B)) < 1e-6 * np.sqrt(k)
+
+
+@needs_avx512
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_matmul_strided_and_transposed_operands(own_gemm_on, accumulate):
+    rng = np.random.default_rng(1)
+    # A as the transpose of a row-major (k, m) array, as in dW = dG^T X;
+    # B and C as column slices of wider arrays (row stride > n).
+    A = np.ascontiguousarray(rng.standard_normal((290, 23)).astype(np.float32)).T
+    B = rng.standard_normal((290, 50)).astype(np.float32)[:, 5:42]
+    C_wide = rng.standard_normal((23, 60)).astype(np.float32)
+    before = C_wide.copy()
+    C = C_wide[:, 10:47]
+    _gemm.matmul(A, B, C, accumulate=accumulate)
+    expected = reference_product(A, B) + (before[:, 10:47] if accumulate else 0)
+    assert relative_error(C, expected) < 1e-5
+    # Nothing outside C's columns is written.
+    np.testing.assert_array_equal(C_wide[:, :10], before[:, :10])
+    np.testing.assert_array_equal(C_wide[:, 47:], before[:, 47:])
+
+
+@needs_avx512
+def test_a_row_does_not_depend_on_the_other_rows(own_gemm_on):
+    # The kernel's determinism promise: each C[i, j] is summed in one fixed
+    # order, so a row comes out bit for bit the same whether it is computed
+    # alone or inside any batch (BLAS gives no such promise).
+    rng = np.random.default_rng(2)
+    A = rng.standard_normal((40, 300)).astype(np.float32)
+    B = rng.standard_normal((300, 90)).astype(np.float32)
+    full = _gemm.matmul(A, B)
+    for rows in [slice(0, 1), slice(3, 17), slice(13, 40), slice(0, 27)]:
+        np.testing.assert_array_equal(_gemm.matmul(A[rows], B), full[rows])
+
+
+def test_off_switch(own_gemm_off):
+    assert not _gemm.enabled()
+    with pytest.raises(RuntimeError, match="off or not supported"):
+        _gemm.matmul(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32))
+
+
+def test_environment_variable_turns_it_off():
+    code = "from fastlstm._kernels import _gemm; print(_gemm.enabled())"
+    env = dict(os.environ, FASTLSTM_OWN_GEMM="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_enabled_follows_the_cpu(own_gemm_on):
+    assert _gemm.enabled() == _gemm.cpu_supported()
+
+
+# Sizes where the tiles, masks and row blocks are all exercised inside the
+# LSTM kernels (test_kernels.py uses hidden size 5): 31 sequences (more rows
+# than one tile), hidden 37 (4H = 148 columns: 4 panels and a 20-column
+# tail), 19 input features.
+@pytest.mark.parametrize("gemm", ["own", "blas"])
+@pytest.mark.parametrize("backend_name", ["numba", "cython"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("proj_size", [0, 7])
+def test_float32_kernels_match_reference_with_and_without_own_gemm(gemm, backend_name,
+                                                                   reverse, proj_size):
+    if gemm == "own" and not _gemm.cpu_supported():
+        pytest.skip("fastlstm's own GEMM needs a CPU with AVX-512")
+    rng = np.random.default_rng(3)
+    lengths = list(rng.integers(1, 30, size=31))
+    hidden, n_features = 37, 19
+    state = proj_size or hidden
+    batch64 = random_packed_batch(rng, lengths, n_features, np.float64)
+    layer64 = random_layer(rng, n_features, hidden, len(lengths), np.float64, proj_size=proj_size)
+    dH = rng.standard_normal((batch64.X.shape[0], state))
+    dh_n = rng.standard_normal((len(lengths), state))
+    dc_n = rng.standard_normal((len(lengths), hidden))
+    expected = run_direction(get_backend("reference"), batch64, layer64, reverse, 0, 0,
+                             dH, dh_n, dc_n)
+
+    batch = random_packed_batch(rng, lengths, n_features, np.float32)
+    batch.X[:] = batch64.X
+    layer = {name: value.astype(np.float32) for name, value in layer64.items()}
+    previous = _gemm.set_enabled(gemm == "own")
+    try:
+        actual = run_direction(get_backend(backend_name), batch, layer, reverse, 0, 0,
+                               dH, dh_n, dc_n)
+    finally:
+        _gemm.set_enabled(previous)
+    for name, value in expected.items():
+        if value.size == 0:
+            assert actual[name].size == 0
+            continue
+        error = relative_error(actual[name].astype(np.float64), value)
+        assert error < 2e-5, f"{name}: relative error {error:.3g}"

@@ -52,6 +52,10 @@ Conventions (as in ``_packing.pyx``):
   so ``C = op(A) op(B)`` on C-contiguous arrays is computed as
   ``C^T = op(B)^T op(A)^T``: swap the operands, keep the flags (``_gemm``).
   Transposed operands are expressed through the flags, never copied.
+  In float32, where the CPU has AVX-512, ``_gemm`` hands the product to
+  fastlstm's own GEMM instead (``own_gemm.h``, through ``_gemm.pyx``), which
+  needs ``b`` row-contiguous: the forward pass then transposes ``W`` and
+  ``R`` once into the ``work`` buffer.
 - Activations: in float32, tanh is the rational (13, 6) minimax form of
   ``_activations.py`` (clamped input and output), which the C compiler
   vectorises, and sigmoid is 0.5 + 0.5 tanh(x / 2). In float64 tanh is libm's

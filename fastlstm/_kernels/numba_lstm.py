@@ -20,7 +20,9 @@ Speed (see ``../shared/research/FAST_KERNELS.md``): the input projection is one
 GEMM over all steps, each step does one GEMM on its active rows only and one
 fused loop for the gate arithmetic, and the backward pass does only the
 pointwise part and ``dh = dG R`` per step, leaving dW, dR and dX to three
-whole-batch GEMMs after the loop.
+whole-batch GEMMs after the loop. In float32 the GEMMs run on fastlstm's own
+AVX-512 kernel where the CPU has one (``own_gemm.h``, via ``_matmul``), else
+on BLAS through ``np.dot``.
 
 Every array, outputs and workspaces included, is allocated by the caller.
 """

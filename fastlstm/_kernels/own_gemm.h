@@ -7,7 +7,7 @@
  * picked (an OpenBLAS told OPENBLAS_CORETYPE=Haswell runs AVX2 code on an
  * AVX-512 CPU). This kernel reads its operands in place and always uses the
  * CPU's 512-bit registers; on the LSTM shapes it measured 1.3-2x faster
- * than OpenBLAS's Haswell kernels (bench/gemm_shapes.py).
+ * than OpenBLAS's Haswell kernels (bench/test_gemm.py).
  *
  * What it computes (row-major, float32):
  *

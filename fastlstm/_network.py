@@ -14,6 +14,7 @@ has its own output and gradient buffers, so the result does not depend on the
 number of threads, only on the sharding, which the caller fixes.
 """
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,12 +97,39 @@ class ForwardResult:
 
 
 def _run_tasks(executor, function, tasks):
+    """Run ``function(*task)`` for every task, on the calling thread and the executor's.
+
+    The calling thread works too, rather than waiting idle for the pool, so
+    a pool of ``n_threads - 1`` workers (see ``_trainer._executor``) keeps
+    ``n_threads`` busy, and a layer of two tasks costs one thread hand-off
+    instead of two. Each thread takes the next task not yet started, so
+    shards of unequal cost still balance. Tasks write only their own
+    outputs, so the order in which they run does not change any result.
+    """
     if executor is None or len(tasks) == 1:
         for task in tasks:
             function(*task)
-    else:
-        # list() re-raises the first exception of any task.
-        list(executor.map(lambda task: function(*task), tasks))
+        return
+    next_index = itertools.count()  # next() on it is atomic under the GIL
+
+    def work():
+        for index in iter(next_index.__next__, None):
+            if index >= len(tasks):
+                return
+            function(*tasks[index])
+
+    n_helpers = min(len(tasks) - 1, getattr(executor, "_max_workers", len(tasks)))
+    helpers = [executor.submit(work) for _ in range(n_helpers)]
+    try:
+        work()
+    finally:
+        # Wait for every helper even if this thread's task failed: they
+        # write into buffers the caller owns. result() re-raises a helper's
+        # exception.
+        for helper in helpers:
+            helper.exception()
+    for helper in helpers:
+        helper.result()
 
 
 def _empty(shape, dtype):

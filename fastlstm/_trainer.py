@@ -120,14 +120,15 @@ def _blas_limiter():
 
 
 def _executor(n_threads):
-    """A persistent pool of ``n_threads`` worker threads (with flush-to-zero set).
+    """A persistent pool of ``n_threads - 1`` worker threads (with flush-to-zero set).
 
+    The calling thread is the n-th: it runs tasks too (``_network._run_tasks``).
     Starting threads for every call would cost more than small predictions.
     """
     with _runtime_lock:
         if n_threads not in _executors:
             _executors[n_threads] = ThreadPoolExecutor(
-                max_workers=n_threads, thread_name_prefix="fastlstm",
+                max_workers=n_threads - 1, thread_name_prefix="fastlstm",
                 initializer=enable_flush_to_zero,
             )
         return _executors[n_threads]

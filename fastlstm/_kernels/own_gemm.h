@@ -26,6 +26,8 @@
  * Column tails are masked loads and stores; row counts are split into
  * near-equal blocks (27 rows -> 14 + 13, not 14 + 13 + 0). The sum over p
  * is cut into blocks of KC steps so that a block of B stays in cache.
+ * Products at most 16 columns wide use tiles of one register per row and
+ * up to 28 rows instead.
  *
  * Determinism: every C[i, j] is summed in the same order (p ascending, one
  * fused multiply-add per p, a new partial sum per KC block added to C)
@@ -126,6 +128,49 @@ FASTLSTM_DEFINE_TILE(7)  FASTLSTM_DEFINE_TILE(8)  FASTLSTM_DEFINE_TILE(9)
 FASTLSTM_DEFINE_TILE(10) FASTLSTM_DEFINE_TILE(11) FASTLSTM_DEFINE_TILE(12)
 FASTLSTM_DEFINE_TILE(13) FASTLSTM_DEFINE_TILE(14)
 
+/* The same for products at most 16 columns wide (dW = dG^T X and dX = dG W
+ * with a dozen input features): one register per row, so up to 28 rows
+ * (28 accumulators, 1 B register, 1 broadcast) instead of 14 rows whose
+ * second register would be masked off entirely. m1 is unused. */
+#define FASTLSTM_DEFINE_NARROW_TILE(MR)                                            \
+__attribute__((target("avx512f")))                                                 \
+static void fastlstm_narrow_tile_##MR(ptrdiff_t k, const float *a, ptrdiff_t a_rs, \
+                                      ptrdiff_t a_cs, const float *b, ptrdiff_t ldb, \
+                                      float *c, ptrdiff_t ldc, __mmask16 m0,      \
+                                      __mmask16 m1, int accumulate)                \
+{                                                                                  \
+    __m512 c0[MR];                                                                 \
+    (void)m1;                                                                      \
+    _Pragma("GCC unroll 32")                                                       \
+    for (int i = 0; i < MR; i++)                                                   \
+        c0[i] = _mm512_setzero_ps();                                               \
+    for (ptrdiff_t p = 0; p < k; p++) {                                            \
+        const __m512 b0 = _mm512_maskz_loadu_ps(m0, b + p * ldb);                  \
+        const float *a_p = a + p * a_cs;                                           \
+        _Pragma("GCC unroll 32")                                                   \
+        for (int i = 0; i < MR; i++)                                               \
+            c0[i] = _mm512_fmadd_ps(_mm512_set1_ps(a_p[i * a_rs]), b0, c0[i]);     \
+    }                                                                              \
+    _Pragma("GCC unroll 32")                                                       \
+    for (int i = 0; i < MR; i++) {                                                 \
+        float *c_i = c + i * ldc;                                                  \
+        if (accumulate)                                                            \
+            c0[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, c_i), c0[i]);          \
+        _mm512_mask_storeu_ps(c_i, m0, c0[i]);                                     \
+    }                                                                              \
+}
+
+FASTLSTM_DEFINE_NARROW_TILE(1)  FASTLSTM_DEFINE_NARROW_TILE(2)  FASTLSTM_DEFINE_NARROW_TILE(3)
+FASTLSTM_DEFINE_NARROW_TILE(4)  FASTLSTM_DEFINE_NARROW_TILE(5)  FASTLSTM_DEFINE_NARROW_TILE(6)
+FASTLSTM_DEFINE_NARROW_TILE(7)  FASTLSTM_DEFINE_NARROW_TILE(8)  FASTLSTM_DEFINE_NARROW_TILE(9)
+FASTLSTM_DEFINE_NARROW_TILE(10) FASTLSTM_DEFINE_NARROW_TILE(11) FASTLSTM_DEFINE_NARROW_TILE(12)
+FASTLSTM_DEFINE_NARROW_TILE(13) FASTLSTM_DEFINE_NARROW_TILE(14) FASTLSTM_DEFINE_NARROW_TILE(15)
+FASTLSTM_DEFINE_NARROW_TILE(16) FASTLSTM_DEFINE_NARROW_TILE(17) FASTLSTM_DEFINE_NARROW_TILE(18)
+FASTLSTM_DEFINE_NARROW_TILE(19) FASTLSTM_DEFINE_NARROW_TILE(20) FASTLSTM_DEFINE_NARROW_TILE(21)
+FASTLSTM_DEFINE_NARROW_TILE(22) FASTLSTM_DEFINE_NARROW_TILE(23) FASTLSTM_DEFINE_NARROW_TILE(24)
+FASTLSTM_DEFINE_NARROW_TILE(25) FASTLSTM_DEFINE_NARROW_TILE(26) FASTLSTM_DEFINE_NARROW_TILE(27)
+FASTLSTM_DEFINE_NARROW_TILE(28)
+
 typedef void (*fastlstm_tile_fn)(ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
                                  const float *, ptrdiff_t, float *, ptrdiff_t,
                                  __mmask16, __mmask16, int);
@@ -135,6 +180,21 @@ static const fastlstm_tile_fn fastlstm_tiles[FASTLSTM_MR_MAX + 1] = {
     fastlstm_tile_5, fastlstm_tile_6, fastlstm_tile_7, fastlstm_tile_8,
     fastlstm_tile_9, fastlstm_tile_10, fastlstm_tile_11, fastlstm_tile_12,
     fastlstm_tile_13, fastlstm_tile_14,
+};
+
+#define FASTLSTM_NARROW_MR_MAX 28
+
+static const fastlstm_tile_fn fastlstm_narrow_tiles[FASTLSTM_NARROW_MR_MAX + 1] = {
+    NULL, fastlstm_narrow_tile_1, fastlstm_narrow_tile_2, fastlstm_narrow_tile_3,
+    fastlstm_narrow_tile_4, fastlstm_narrow_tile_5, fastlstm_narrow_tile_6,
+    fastlstm_narrow_tile_7, fastlstm_narrow_tile_8, fastlstm_narrow_tile_9,
+    fastlstm_narrow_tile_10, fastlstm_narrow_tile_11, fastlstm_narrow_tile_12,
+    fastlstm_narrow_tile_13, fastlstm_narrow_tile_14, fastlstm_narrow_tile_15,
+    fastlstm_narrow_tile_16, fastlstm_narrow_tile_17, fastlstm_narrow_tile_18,
+    fastlstm_narrow_tile_19, fastlstm_narrow_tile_20, fastlstm_narrow_tile_21,
+    fastlstm_narrow_tile_22, fastlstm_narrow_tile_23, fastlstm_narrow_tile_24,
+    fastlstm_narrow_tile_25, fastlstm_narrow_tile_26, fastlstm_narrow_tile_27,
+    fastlstm_narrow_tile_28,
 };
 
 static __mmask16 fastlstm_mask(ptrdiff_t n_columns)
@@ -152,7 +212,10 @@ static void fastlstm_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
                                 const float *b, ptrdiff_t ldb, float *c,
                                 ptrdiff_t ldc, int accumulate)
 {
-    const ptrdiff_t n_row_blocks = (m + FASTLSTM_MR_MAX - 1) / FASTLSTM_MR_MAX;
+    const int narrow = n <= 16;
+    const ptrdiff_t mr_max = narrow ? FASTLSTM_NARROW_MR_MAX : FASTLSTM_MR_MAX;
+    const fastlstm_tile_fn *tiles = narrow ? fastlstm_narrow_tiles : fastlstm_tiles;
+    const ptrdiff_t n_row_blocks = (m + mr_max - 1) / mr_max;
     const ptrdiff_t base = m / n_row_blocks, extra = m % n_row_blocks;
     ptrdiff_t block, i0, j0, rows;
     /* Few rows (a step's active batch): every row block reuses a B panel
@@ -163,7 +226,7 @@ static void fastlstm_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
             const __mmask16 m0 = fastlstm_mask(n - j0), m1 = fastlstm_mask(n - j0 - 16);
             for (block = 0, i0 = 0; block < n_row_blocks; block++, i0 += rows) {
                 rows = base + (block < extra);
-                fastlstm_tiles[rows](kc, a + i0 * a_rs, a_rs, a_cs, b + j0, ldb,
+                tiles[rows](kc, a + i0 * a_rs, a_rs, a_cs, b + j0, ldb,
                                      c + i0 * ldc + j0, ldc, m0, m1, accumulate);
             }
         }
@@ -172,7 +235,7 @@ static void fastlstm_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
             rows = base + (block < extra);
             for (j0 = 0; j0 < n; j0 += FASTLSTM_NR) {
                 const __mmask16 m0 = fastlstm_mask(n - j0), m1 = fastlstm_mask(n - j0 - 16);
-                fastlstm_tiles[rows](kc, a + i0 * a_rs, a_rs, a_cs, b + j0, ldb,
+                tiles[rows](kc, a + i0 * a_rs, a_rs, a_cs, b + j0, ldb,
                                      c + i0 * ldc + j0, ldc, m0, m1, accumulate);
             }
         }

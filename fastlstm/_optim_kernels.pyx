@@ -1,5 +1,5 @@
 # cython: language_level=3
-# distutils: extra_compile_args = -ffp-contract=off -fno-math-errno
+# distutils: extra_compile_args = -ffp-contract=off -fno-math-errno -fno-trapping-math
 """One-pass kernels for the optimiser step (see ``_optim.py``).
 
 A training step of a small network spends a noticeable share of its time in
@@ -13,14 +13,28 @@ these. ``-ffp-contract=off`` keeps the compiler from fusing a multiply and
 an add into one FMA, which would round once instead of twice;
 ``-fno-math-errno`` lets it vectorise ``sqrt`` (still the correctly rounded
 IEEE square root, only without setting errno for negative inputs, which
-cannot occur here).
+cannot occur here); ``-fno-trapping-math`` lets it compute the L2 update on
+masked-out entries and discard it, which is what makes that loop vectorise
+(it changes no value). The loops themselves are in ``_optim_loops.h``.
 """
 
-from libc.math cimport sqrt, sqrtf
 
 ctypedef fused floating:
     float
     double
+
+
+cdef extern from "_optim_loops.h" nogil:
+    void fastlstm_adam_float(Py_ssize_t n, float *params, const float *grads, float *m,
+                             float *v, float beta1, float one_minus_beta1, float beta2,
+                             float one_minus_beta2, double step_size, double epsilon_hat)
+    void fastlstm_adam_double(Py_ssize_t n, double *params, const double *grads, double *m,
+                              double *v, double beta1, double one_minus_beta1, double beta2,
+                              double one_minus_beta2, double step_size, double epsilon_hat)
+    void fastlstm_masked_l2_float(Py_ssize_t n, float *grads, const float *params,
+                                  float factor, const unsigned char *mask)
+    void fastlstm_masked_l2_double(Py_ssize_t n, double *grads, const double *params,
+                                   double factor, const unsigned char *mask)
 
 
 def adam_update(floating[::1] params, const floating[::1] grads, floating[::1] first_moment,
@@ -32,34 +46,34 @@ def adam_update(floating[::1] params, const floating[::1] grads, floating[::1] f
     ``m = beta1 m + (1 - beta1) g``, ``v = beta2 v + (1 - beta2) g**2``,
     ``p -= step_size * m / (sqrt(v) + epsilon_hat)``, with the bias
     corrections folded into ``step_size`` and ``epsilon_hat`` (float64).
+    The loop is in ``_optim_loops.h``.
     """
-    cdef Py_ssize_t i, n = params.shape[0]
-    cdef floating g, m, v, root, denominator, ratio
+    cdef Py_ssize_t n = params.shape[0]
     if not (grads.shape[0] == n and first_moment.shape[0] == n and second_moment.shape[0] == n):
         raise ValueError("adam_update: params, grads and the moments must have one length.")
+    if n == 0:
+        return
     with nogil:
-        for i in range(n):
-            g = grads[i]
-            m = first_moment[i] * beta1 + g * one_minus_beta1
-            v = second_moment[i] * beta2 + (g * g) * one_minus_beta2
-            first_moment[i] = m
-            second_moment[i] = v
-            if floating is float:
-                root = sqrtf(v)
-            else:
-                root = sqrt(v)
-            denominator = <floating>(<double>root + epsilon_hat)
-            ratio = m / denominator
-            params[i] = params[i] - <floating>(<double>ratio * step_size)
+        if floating is float:
+            fastlstm_adam_float(n, &params[0], &grads[0], &first_moment[0], &second_moment[0],
+                                beta1, one_minus_beta1, beta2, one_minus_beta2, step_size,
+                                epsilon_hat)
+        else:
+            fastlstm_adam_double(n, &params[0], &grads[0], &first_moment[0], &second_moment[0],
+                                 beta1, one_minus_beta1, beta2, one_minus_beta2, step_size,
+                                 epsilon_hat)
 
 
 def add_masked_l2(floating[::1] grads, const floating[::1] params, floating factor,
                   const unsigned char[::1] mask):
-    """``grads[i] += factor * params[i]`` where ``mask[i]``, in place."""
-    cdef Py_ssize_t i, n = grads.shape[0]
+    """``grads[i] += factor * params[i]`` where ``mask[i]``, in place (``_optim_loops.h``)."""
+    cdef Py_ssize_t n = grads.shape[0]
     if not (params.shape[0] == n and mask.shape[0] == n):
         raise ValueError("add_masked_l2: grads, params and mask must have one length.")
+    if n == 0:
+        return
     with nogil:
-        for i in range(n):
-            if mask[i]:
-                grads[i] = grads[i] + params[i] * factor
+        if floating is float:
+            fastlstm_masked_l2_float(n, &grads[0], &params[0], factor, &mask[0])
+        else:
+            fastlstm_masked_l2_double(n, &grads[0], &params[0], factor, &mask[0])

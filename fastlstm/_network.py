@@ -249,7 +249,8 @@ class BackwardResult:
 
 
 def network_backward(params, grads, shape, shards, backend, forward_results, *,
-                     d_outputs=None, d_final_hidden=None, dropout_masks=None, executor=None):
+                     d_outputs=None, d_final_hidden=None, dropout_masks=None, executor=None,
+                     input_gradients=True):
     """Backpropagate through the recurrent layers of every shard.
 
     Parameters
@@ -270,6 +271,10 @@ def network_backward(params, grads, shape, shards, backend, forward_results, *,
     dropout_masks : list of list of ndarray, default=None
         The masks given to :func:`network_forward`.
     executor : concurrent.futures.Executor, default=None
+    input_gradients : bool, default=True
+        Compute ``d_inputs``, the gradient with respect to the network's
+        inputs. Training does not need it, and skipping it saves one GEMM
+        per direction of the first layer; ``d_inputs`` is then None.
 
     Returns
     -------
@@ -302,7 +307,11 @@ def network_backward(params, grads, shape, shards, backend, forward_results, *,
         W_proj = params[f"weight_hr_{name}"] if project else saved["M"]
         dW_proj = shard_grads[f"weight_hr_{name}"] if project else saved["M"]
         layer_input = fwd.layer_inputs[layer]
-        d_layer_input_parts[direction] = dX = np.empty_like(layer_input)
+        if layer > 0 or input_gradients:
+            dX = np.empty_like(layer_input)
+        else:
+            dX = _empty((0, layer_input.shape[1]), dtype)
+        d_layer_input_parts[direction] = dX
         d_bias = shard_grads[f"bias_ih_{name}"]
         backend.backward(
             layer_input, batch.batch_sizes, params[f"weight_ih_{name}"],
@@ -327,6 +336,9 @@ def network_backward(params, grads, shape, shards, backend, forward_results, *,
             (s, layer, direction, d_layer_outputs[s], parts[s])
             for s in range(len(shards)) for direction in range(n_directions)
         ])
+        if layer == 0 and not input_gradients:
+            d_layer_outputs = [None] * len(shards)
+            break
         d_layer_outputs = []
         for s, shard_parts in enumerate(parts):
             d_input = shard_parts[0] if n_directions == 1 else shard_parts[0] + shard_parts[1]

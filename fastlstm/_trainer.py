@@ -343,7 +343,8 @@ class Trainer:
             backward_args = dict(d_final_hidden=d_final_hidden)
         shard_flat_grads, shard_grads = self._shard_gradients(len(shards))
         network_backward(params, shard_grads, net_shape, shards, self.backend, forward,
-                         dropout_masks=masks, executor=executor, **backward_args)
+                         dropout_masks=masks, executor=executor, input_gradients=False,
+                         **backward_args)
         # Shard gradients summed in a fixed order: reproducible.
         flat_grads, grads = self.flat_grads, self.grads
         flat_grads[:] = shard_flat_grads[0]

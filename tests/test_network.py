@@ -59,7 +59,7 @@ def objective(problem, shape, backend):
                      for r, d, f in zip(results, problem["d_outputs"], problem["d_final"])))
 
 
-def gradients(problem, shape, backend, executor=None):
+def gradients(problem, shape, backend, executor=None, input_gradients=True):
     flat, shapes, dtype = problem["flat"], problem["shapes"], problem["flat"].dtype
     params = unflatten(flat, shapes)
     shard_flat = [np.zeros_like(flat) for _ in problem["shards"]]
@@ -70,7 +70,7 @@ def gradients(problem, shape, backend, executor=None):
         params, [unflatten(g, shapes) for g in shard_flat], shape, problem["shards"], backend,
         results, d_outputs=[d.astype(dtype) for d in problem["d_outputs"]],
         d_final_hidden=[f.astype(dtype) for f in problem["d_final"]],
-        dropout_masks=problem["masks"], executor=executor,
+        dropout_masks=problem["masks"], executor=executor, input_gradients=input_gradients,
     )
     return results, sum(shard_flat), backward
 
@@ -161,6 +161,23 @@ def test_parallel_tasks_give_identical_results(shape):
     for s in range(len(serial)):
         np.testing.assert_array_equal(serial[s].outputs, parallel[s].outputs)
         np.testing.assert_array_equal(serial_backward[s].d_inputs, parallel_backward[s].d_inputs)
+
+
+@pytest.mark.parametrize("backend_name", ["numba", "cython", "reference"])
+@pytest.mark.parametrize("shape", [SHAPES["bi-2"], SHAPES["bi-2-proj"]], ids=["bi-2", "bi-2-proj"])
+def test_skipping_the_input_gradient_changes_no_weight_gradient(shape, backend_name):
+    # Training asks for no input gradient: the first layer's kernels get a
+    # dX with 0 rows and skip that GEMM; every weight gradient must be the same.
+    problem = make_problem(shape, np.float32)
+    backend = get_backend(backend_name)
+    _, with_inputs, backward = gradients(problem, shape, backend)
+    _, without_inputs, skipped = gradients(problem, shape, backend, input_gradients=False)
+    np.testing.assert_array_equal(without_inputs, with_inputs)
+    assert all(b.d_inputs is not None for b in backward)
+    assert all(b.d_inputs is None for b in skipped)
+    for full, short in zip(backward, skipped):
+        np.testing.assert_array_equal(short.d_h0, full.d_h0)
+        np.testing.assert_array_equal(short.d_c0, full.d_c0)
 
 
 def test_final_states_are_read_at_each_sequence_end():

@@ -612,7 +612,8 @@ def _backward(K, X, batch_sizes, W, R, W_proj, h0, c0, reverse, gate_kind, state
     # Whole-batch GEMMs instead of one small GEMM per step.
     launch_gemm(K, d_dG, d_X, d_dW, 4 * hidden, n_inputs, n_rows, trans_a=True)
     launch_gemm(K, d_dG, d_Hprev, d_dR, 4 * hidden, state, n_rows, trans_a=True)
-    launch_gemm(K, d_dG, d_W, d_dX, n_rows, n_inputs, 4 * hidden)
+    if d_dX.shape[0] > 0:
+        launch_gemm(K, d_dG, d_W, d_dX, n_rows, n_inputs, 4 * hidden)
     if project:
         launch_gemm(K, d_dH_total, d_M, d_dW_proj, state, hidden, n_rows, trans_a=True)
     launch_column_sum(K, d_dG, d_dbias, n_rows, 4 * hidden)

@@ -535,7 +535,7 @@ cdef void _backward_pass(
     const floating *dH,         # IN  [N, P]
     const floating *dh_n,       # IN  [B, P]
     const floating *dc_n,       # IN  [B, H]
-    floating *dX,               # OUT [N, I]
+    floating *dX,               # OUT [N, I], or NULL: not computed
     floating *dW,               # OUT [4H, I]
     floating *dR,               # OUT [4H, P]
     floating *dbias,            # OUT [4H]
@@ -589,7 +589,8 @@ cdef void _backward_pass(
     # Whole-batch GEMMs instead of one small GEMM per step.
     _gemm(True, False, n_gates, n_in, n_rows, 1, dG, n_gates, X, n_in, 0, dW, n_in)
     _gemm(True, False, n_gates, state, n_rows, 1, dG, n_gates, Hprev, state, 0, dR, state)
-    _gemm(False, False, n_rows, n_in, n_gates, 1, dG, n_gates, W, n_in, 0, dX, n_in)
+    if dX != NULL:
+        _gemm(False, False, n_rows, n_in, n_gates, 1, dG, n_gates, W, n_in, 0, dX, n_in)
     if project:
         _gemm(True, False, state, hidden, n_rows, 1, dH_total, state, M, hidden,
               0, dW_proj, hidden)
@@ -861,8 +862,9 @@ def backward(
         IN. Gradient with respect to the final hidden states.
     dc_n : ndarray of shape (B, H)
         IN. Gradient with respect to the final cell states.
-    dX : ndarray of shape (N, I)
-        OUT. Gradient with respect to ``X``.
+    dX : ndarray of shape (N, I), or with 0 rows
+        OUT. Gradient with respect to ``X``; with 0 rows it is not computed
+        (a network's first layer: nothing needs the gradient of its input).
     dW : ndarray of shape (4H, I)
         OUT. Gradient with respect to ``W``.
     dR : ndarray of shape (4H, P)
@@ -910,7 +912,8 @@ def backward(
     _check_shape("dH", dH.shape[0], dH.shape[1], n_rows, state)
     _check_shape("dh_n", dh_n.shape[0], dh_n.shape[1], batch_size, state)
     _check_shape("dc_n", dc_n.shape[0], dc_n.shape[1], batch_size, hidden)
-    _check_shape("dX", dX.shape[0], dX.shape[1], n_rows, n_in)
+    if dX.shape[0] > 0:  # 0 rows: the input gradient is not wanted
+        _check_shape("dX", dX.shape[0], dX.shape[1], n_rows, n_in)
     _check_shape("dW", dW.shape[0], dW.shape[1], 4 * hidden, n_in)
     _check_shape("dR", dR.shape[0], dR.shape[1], 4 * hidden, state)
     if dbias.shape[0] != 4 * hidden:
@@ -961,7 +964,7 @@ def backward(
             M_ptr,
             &dH[0, 0] if n_rows > 0 else NULL,
             &dh_n[0, 0], &dc_n[0, 0],
-            &dX[0, 0] if n_rows > 0 and n_in > 0 else NULL,
+            &dX[0, 0] if dX.shape[0] > 0 and n_in > 0 else NULL,
             &dW[0, 0] if n_in > 0 else NULL, &dR[0, 0], &dbias[0], dW_proj_ptr,
             &dh0[0, 0], &dc0[0, 0],
             &dG[0, 0] if n_rows > 0 else NULL,

@@ -278,8 +278,9 @@ def lstm_backward(
         IN. Gradient with respect to the final hidden states.
     dc_n : ndarray of shape (B, H)
         IN. Gradient with respect to the final cell states.
-    dX : ndarray of shape (N, I)
-        OUT. Gradient with respect to ``X``.
+    dX : ndarray of shape (N, I), or with 0 rows
+        OUT. Gradient with respect to ``X``; with 0 rows it is not computed
+        (a network's first layer: nothing needs the gradient of its input).
     dW, dR, dbias, dW_proj
         OUT. Gradients with respect to ``W``, ``R``, ``bias`` and ``W_proj``
         (``dW_proj`` has 0 rows without projection).
@@ -327,7 +328,8 @@ def lstm_backward(
     # Whole-batch GEMMs instead of one small GEMM per step.
     _matmul(dG.T, X, dW)
     _matmul(dG.T, Hprev, dR)
-    _matmul(dG, W, dX)
+    if dX.shape[0] > 0:
+        _matmul(dG, W, dX)
     if project:
         _matmul(dH_total.T, M, dW_proj)
     dbias[:] = 0

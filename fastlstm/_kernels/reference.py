@@ -209,7 +209,8 @@ def backward(
             X[rows], W, R, bias, W_proj, h0[j], c0[j], gate_kind, state_kind,
             dH[rows], dh_n[j], dc_n[j],
         )
-        dX[rows] = dx
+        if dX.shape[0] > 0:
+            dX[rows] = dx
         dW += dWj
         dR += dRj
         dbias += dbj

@@ -84,92 +84,70 @@ static void fastlstm_gemm_set_enabled(int enabled)
 #define FASTLSTM_MR_MAX 14
 #define FASTLSTM_KC 256
 
-/* One tile: rows [0, MR) of C, 32 columns under masks m0 (columns 0-15)
- * and m1 (16-31), summed over k steps of p. */
-#define FASTLSTM_DEFINE_TILE(MR)                                                   \
+/* One tile: rows [0, MR) of C, summed over k steps of p. WIDE tiles are 32
+ * columns under masks m0 (columns 0-15) and m1 (16-31), two registers per
+ * row; narrow ones (WIDE = 0) are 16 columns under m0, one register per
+ * row, for products at most 16 columns wide (dW = dG^T X and dX = dG W with
+ * a dozen input features): up to 28 rows (28 accumulators, 1 B register,
+ * 1 broadcast) rather than 14 rows whose second register would be masked
+ * off entirely. WIDE is a constant, so each tile compiles to one of the
+ * two loops. */
+#define FASTLSTM_DEFINE_TILE(NAME, MR, WIDE)                                       \
 __attribute__((target("avx512f")))                                                 \
-static void fastlstm_tile_##MR(ptrdiff_t k, const float *a, ptrdiff_t a_rs,        \
-                               ptrdiff_t a_cs, const float *b, ptrdiff_t ldb,      \
-                               float *c, ptrdiff_t ldc, __mmask16 m0,             \
-                               __mmask16 m1, int accumulate)                       \
+static void NAME(ptrdiff_t k, const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs,      \
+                 const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,           \
+                 __mmask16 m0, __mmask16 m1, int accumulate)                       \
 {                                                                                  \
     __m512 c0[MR], c1[MR];                                                         \
-    _Pragma("GCC unroll 16")                                                       \
+    _Pragma("GCC unroll 32")                                                       \
     for (int i = 0; i < MR; i++) {                                                 \
         c0[i] = _mm512_setzero_ps();                                               \
         c1[i] = _mm512_setzero_ps();                                               \
     }                                                                              \
     for (ptrdiff_t p = 0; p < k; p++) {                                            \
         const __m512 b0 = _mm512_maskz_loadu_ps(m0, b + p * ldb);                  \
-        const __m512 b1 = _mm512_maskz_loadu_ps(m1, b + p * ldb + 16);             \
+        const __m512 b1 = WIDE ? _mm512_maskz_loadu_ps(m1, b + p * ldb + 16)       \
+                               : _mm512_setzero_ps();                              \
         const float *a_p = a + p * a_cs;                                           \
-        _Pragma("GCC unroll 16")                                                   \
+        _Pragma("GCC unroll 32")                                                   \
         for (int i = 0; i < MR; i++) {                                             \
             const __m512 a_ip = _mm512_set1_ps(a_p[i * a_rs]);                     \
             c0[i] = _mm512_fmadd_ps(a_ip, b0, c0[i]);                              \
-            c1[i] = _mm512_fmadd_ps(a_ip, b1, c1[i]);                              \
+            if (WIDE)                                                              \
+                c1[i] = _mm512_fmadd_ps(a_ip, b1, c1[i]);                          \
         }                                                                          \
     }                                                                              \
-    _Pragma("GCC unroll 16")                                                       \
+    _Pragma("GCC unroll 32")                                                       \
     for (int i = 0; i < MR; i++) {                                                 \
         float *c_i = c + i * ldc;                                                  \
         if (accumulate) {                                                          \
             c0[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, c_i), c0[i]);          \
-            c1[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, c_i + 16), c1[i]);     \
+            if (WIDE)                                                              \
+                c1[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, c_i + 16), c1[i]); \
         }                                                                          \
         _mm512_mask_storeu_ps(c_i, m0, c0[i]);                                     \
-        _mm512_mask_storeu_ps(c_i + 16, m1, c1[i]);                                \
+        if (WIDE)                                                                  \
+            _mm512_mask_storeu_ps(c_i + 16, m1, c1[i]);                            \
     }                                                                              \
 }
+#define FASTLSTM_WIDE_TILE(MR) FASTLSTM_DEFINE_TILE(fastlstm_tile_##MR, MR, 1)
+#define FASTLSTM_NARROW_TILE(MR) FASTLSTM_DEFINE_TILE(fastlstm_narrow_tile_##MR, MR, 0)
 
-FASTLSTM_DEFINE_TILE(1)  FASTLSTM_DEFINE_TILE(2)  FASTLSTM_DEFINE_TILE(3)
-FASTLSTM_DEFINE_TILE(4)  FASTLSTM_DEFINE_TILE(5)  FASTLSTM_DEFINE_TILE(6)
-FASTLSTM_DEFINE_TILE(7)  FASTLSTM_DEFINE_TILE(8)  FASTLSTM_DEFINE_TILE(9)
-FASTLSTM_DEFINE_TILE(10) FASTLSTM_DEFINE_TILE(11) FASTLSTM_DEFINE_TILE(12)
-FASTLSTM_DEFINE_TILE(13) FASTLSTM_DEFINE_TILE(14)
+FASTLSTM_WIDE_TILE(1)  FASTLSTM_WIDE_TILE(2)  FASTLSTM_WIDE_TILE(3)  FASTLSTM_WIDE_TILE(4)
+FASTLSTM_WIDE_TILE(5)  FASTLSTM_WIDE_TILE(6)  FASTLSTM_WIDE_TILE(7)  FASTLSTM_WIDE_TILE(8)
+FASTLSTM_WIDE_TILE(9)  FASTLSTM_WIDE_TILE(10) FASTLSTM_WIDE_TILE(11) FASTLSTM_WIDE_TILE(12)
+FASTLSTM_WIDE_TILE(13) FASTLSTM_WIDE_TILE(14)
 
-/* The same for products at most 16 columns wide (dW = dG^T X and dX = dG W
- * with a dozen input features): one register per row, so up to 28 rows
- * (28 accumulators, 1 B register, 1 broadcast) instead of 14 rows whose
- * second register would be masked off entirely. m1 is unused. */
-#define FASTLSTM_DEFINE_NARROW_TILE(MR)                                            \
-__attribute__((target("avx512f")))                                                 \
-static void fastlstm_narrow_tile_##MR(ptrdiff_t k, const float *a, ptrdiff_t a_rs, \
-                                      ptrdiff_t a_cs, const float *b, ptrdiff_t ldb, \
-                                      float *c, ptrdiff_t ldc, __mmask16 m0,      \
-                                      __mmask16 m1, int accumulate)                \
-{                                                                                  \
-    __m512 c0[MR];                                                                 \
-    (void)m1;                                                                      \
-    _Pragma("GCC unroll 32")                                                       \
-    for (int i = 0; i < MR; i++)                                                   \
-        c0[i] = _mm512_setzero_ps();                                               \
-    for (ptrdiff_t p = 0; p < k; p++) {                                            \
-        const __m512 b0 = _mm512_maskz_loadu_ps(m0, b + p * ldb);                  \
-        const float *a_p = a + p * a_cs;                                           \
-        _Pragma("GCC unroll 32")                                                   \
-        for (int i = 0; i < MR; i++)                                               \
-            c0[i] = _mm512_fmadd_ps(_mm512_set1_ps(a_p[i * a_rs]), b0, c0[i]);     \
-    }                                                                              \
-    _Pragma("GCC unroll 32")                                                       \
-    for (int i = 0; i < MR; i++) {                                                 \
-        float *c_i = c + i * ldc;                                                  \
-        if (accumulate)                                                            \
-            c0[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, c_i), c0[i]);          \
-        _mm512_mask_storeu_ps(c_i, m0, c0[i]);                                     \
-    }                                                                              \
-}
-
-FASTLSTM_DEFINE_NARROW_TILE(1)  FASTLSTM_DEFINE_NARROW_TILE(2)  FASTLSTM_DEFINE_NARROW_TILE(3)
-FASTLSTM_DEFINE_NARROW_TILE(4)  FASTLSTM_DEFINE_NARROW_TILE(5)  FASTLSTM_DEFINE_NARROW_TILE(6)
-FASTLSTM_DEFINE_NARROW_TILE(7)  FASTLSTM_DEFINE_NARROW_TILE(8)  FASTLSTM_DEFINE_NARROW_TILE(9)
-FASTLSTM_DEFINE_NARROW_TILE(10) FASTLSTM_DEFINE_NARROW_TILE(11) FASTLSTM_DEFINE_NARROW_TILE(12)
-FASTLSTM_DEFINE_NARROW_TILE(13) FASTLSTM_DEFINE_NARROW_TILE(14) FASTLSTM_DEFINE_NARROW_TILE(15)
-FASTLSTM_DEFINE_NARROW_TILE(16) FASTLSTM_DEFINE_NARROW_TILE(17) FASTLSTM_DEFINE_NARROW_TILE(18)
-FASTLSTM_DEFINE_NARROW_TILE(19) FASTLSTM_DEFINE_NARROW_TILE(20) FASTLSTM_DEFINE_NARROW_TILE(21)
-FASTLSTM_DEFINE_NARROW_TILE(22) FASTLSTM_DEFINE_NARROW_TILE(23) FASTLSTM_DEFINE_NARROW_TILE(24)
-FASTLSTM_DEFINE_NARROW_TILE(25) FASTLSTM_DEFINE_NARROW_TILE(26) FASTLSTM_DEFINE_NARROW_TILE(27)
-FASTLSTM_DEFINE_NARROW_TILE(28)
+FASTLSTM_NARROW_TILE(1)  FASTLSTM_NARROW_TILE(2)  FASTLSTM_NARROW_TILE(3)
+FASTLSTM_NARROW_TILE(4)  FASTLSTM_NARROW_TILE(5)  FASTLSTM_NARROW_TILE(6)
+FASTLSTM_NARROW_TILE(7)  FASTLSTM_NARROW_TILE(8)  FASTLSTM_NARROW_TILE(9)
+FASTLSTM_NARROW_TILE(10) FASTLSTM_NARROW_TILE(11) FASTLSTM_NARROW_TILE(12)
+FASTLSTM_NARROW_TILE(13) FASTLSTM_NARROW_TILE(14) FASTLSTM_NARROW_TILE(15)
+FASTLSTM_NARROW_TILE(16) FASTLSTM_NARROW_TILE(17) FASTLSTM_NARROW_TILE(18)
+FASTLSTM_NARROW_TILE(19) FASTLSTM_NARROW_TILE(20) FASTLSTM_NARROW_TILE(21)
+FASTLSTM_NARROW_TILE(22) FASTLSTM_NARROW_TILE(23) FASTLSTM_NARROW_TILE(24)
+FASTLSTM_NARROW_TILE(25) FASTLSTM_NARROW_TILE(26) FASTLSTM_NARROW_TILE(27)
+FASTLSTM_NARROW_TILE(28)
 
 typedef void (*fastlstm_tile_fn)(ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
                                  const float *, ptrdiff_t, float *, ptrdiff_t,

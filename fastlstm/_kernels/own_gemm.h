@@ -25,7 +25,9 @@
  * is 28 accumulators, 2 B registers and 1 broadcast: 31 of the 32 registers.
  * Column tails are masked loads and stores; row counts are split into
  * near-equal blocks (27 rows -> 14 + 13, not 14 + 13 + 0). The sum over p
- * is cut into blocks of KC steps so that a block of B stays in cache.
+ * is cut into blocks of KC steps and the rows into chunks of about 224, so
+ * that a panel of B stays in L1 and a chunk of A in L2 (see
+ * fastlstm_gemm_block).
  * Products at most 16 columns wide use tiles of one register per row and
  * up to 28 rows instead.
  *
@@ -83,6 +85,7 @@ static void fastlstm_gemm_set_enabled(int enabled)
 #define FASTLSTM_NR 32
 #define FASTLSTM_MR_MAX 14
 #define FASTLSTM_KC 256
+#define FASTLSTM_CHUNK_ROWS 224
 
 /* One tile: rows [0, MR) of C, summed over k steps of p. WIDE tiles are 32
  * columns under masks m0 (columns 0-15) and m1 (16-31), two registers per
@@ -195,28 +198,27 @@ static void fastlstm_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
     const fastlstm_tile_fn *tiles = narrow ? fastlstm_narrow_tiles : fastlstm_tiles;
     const ptrdiff_t n_row_blocks = (m + mr_max - 1) / mr_max;
     const ptrdiff_t base = m / n_row_blocks, extra = m % n_row_blocks;
-    ptrdiff_t block, i0, j0, rows;
-    /* Few rows (a step's active batch): every row block reuses a B panel
-     * while it is in L1, so walk the panels outside. Many rows (whole-
-     * sequence GEMMs): keep one row block's A in L1 across all panels. */
-    if (m <= 256) {
+    const ptrdiff_t chunk_blocks = FASTLSTM_CHUNK_ROWS / mr_max;
+    ptrdiff_t chunk, block, chunk_i0, i0, j0, rows;
+    /* Row blocks go in chunks of about FASTLSTM_CHUNK_ROWS rows; inside a
+     * chunk the panels of B are walked outside and the chunk's row blocks
+     * inside. A panel of B (KC x 32 floats, 32 kB) then stays in L1 across
+     * the chunk's tiles, and the chunk's rows of A (224 x KC floats, 224 kB)
+     * stay in L2 across the panels, so a whole-sequence product reads B
+     * from memory once per chunk, not once per tile. A step's product (a
+     * few dozen rows) is one chunk. */
+    for (chunk = 0, chunk_i0 = 0; chunk < n_row_blocks; chunk += chunk_blocks) {
+        const ptrdiff_t last = chunk + chunk_blocks < n_row_blocks ? chunk + chunk_blocks
+                                                                   : n_row_blocks;
         for (j0 = 0; j0 < n; j0 += FASTLSTM_NR) {
             const __mmask16 m0 = fastlstm_mask(n - j0), m1 = fastlstm_mask(n - j0 - 16);
-            for (block = 0, i0 = 0; block < n_row_blocks; block++, i0 += rows) {
+            for (block = chunk, i0 = chunk_i0; block < last; block++, i0 += rows) {
                 rows = base + (block < extra);
                 tiles[rows](kc, a + i0 * a_rs, a_rs, a_cs, b + j0, ldb,
-                                     c + i0 * ldc + j0, ldc, m0, m1, accumulate);
+                            c + i0 * ldc + j0, ldc, m0, m1, accumulate);
             }
         }
-    } else {
-        for (block = 0, i0 = 0; block < n_row_blocks; block++, i0 += rows) {
-            rows = base + (block < extra);
-            for (j0 = 0; j0 < n; j0 += FASTLSTM_NR) {
-                const __mmask16 m0 = fastlstm_mask(n - j0), m1 = fastlstm_mask(n - j0 - 16);
-                tiles[rows](kc, a + i0 * a_rs, a_rs, a_cs, b + j0, ldb,
-                                     c + i0 * ldc + j0, ldc, m0, m1, accumulate);
-            }
-        }
+        chunk_i0 = i0;
     }
 }
 

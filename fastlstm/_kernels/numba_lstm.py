@@ -71,10 +71,23 @@ def _matmul(A, B, C):
 
 
 @njit(**_JIT)
-def _add_preactivations(g_row, w_row, bias):
-    """g_row += w_row + bias: input, recurrent and bias parts of the gates."""
-    for k in range(g_row.shape[0]):
-        g_row[k] += w_row[k] + bias[k]
+def _matmul_add_own(A, B, C):
+    """``C += A @ B`` with fastlstm's own GEMM; False where it cannot run
+    (not float32, rows not contiguous, off, or no AVX-512): C is then untouched."""
+    size = A.itemsize
+    if size != 4 or B.strides[1] != size or C.strides[1] != size:
+        return False
+    status = _own_sgemm(A.shape[0], B.shape[1], A.shape[1], A.ctypes.data,
+                        A.strides[0] // size, A.strides[1] // size, B.ctypes.data,
+                        B.strides[0] // size, 1, C.ctypes.data, C.strides[0] // size)
+    return status == 0
+
+
+@njit(**_JIT)
+def _add_in_place(a, b):
+    """``a += b`` for one row."""
+    for k in range(a.shape[0]):
+        a[k] += b[k]
 
 
 @njit(**_JIT)
@@ -170,13 +183,16 @@ def lstm_forward(
     transposed = X.itemsize == 4
     W_t = work[batch_size:batch_size + X.shape[1]]
     R_t = work[batch_size + X.shape[1]:]
+    # Hoisted input projection and bias: gates = X W^T + bias, one GEMM for
+    # every step of every sequence.
     if transposed:
         W_t[:] = W.T
         R_t[:] = R.T
-        # Hoisted input projection: one GEMM for every step of every sequence.
         _matmul(X, W_t, gates)
     else:
         np.dot(X, W.T, gates)
+    for row in range(n_rows):
+        _add_in_place(gates[row], bias)
     # h_n/c_n double as the running state: a sequence that has finished is
     # never touched again, so its final state stays in place.
     h_n[:] = h0
@@ -187,8 +203,13 @@ def lstm_forward(
         n_active = batch_sizes[t]
         if reverse:
             offset -= n_active
+        # The recurrent part: the own GEMM adds it to the active rows' gates
+        # in place; BLAS writes it to work, added row by row below.
+        added = False
         if transposed:
-            _matmul(h_n[:n_active], R_t, work[:n_active])
+            added = _matmul_add_own(h_n[:n_active], R_t, gates[offset:offset + n_active])
+            if not added:
+                np.dot(h_n[:n_active], R_t, work[:n_active])
         else:
             np.dot(h_n[:n_active], R.T, work[:n_active])
         Hprev[offset:offset + n_active] = h_n[:n_active]
@@ -200,7 +221,8 @@ def lstm_forward(
             # arrays, so LLVM needs few run-time overlap checks and vectorises
             # all three (the fused loop exceeded its check budget and ran
             # scalar). Everything stays in L1 between the loops.
-            _add_preactivations(g_row, work[r], bias)
+            if not added:
+                _add_in_place(g_row, work[r])
             _activate_gates(g_row, hidden, gate_kind, state_kind)
             _update_cell(g_row, c_n[r], TC[row], M[row] if project else H[row], hidden, state_kind)
             if not project:
@@ -210,13 +232,6 @@ def lstm_forward(
             H[offset:offset + n_active] = h_n[:n_active]
         if not reverse:
             offset += n_active
-
-
-@njit(**_JIT)
-def _add_in_place(a, b):
-    """``a += b`` for one row."""
-    for k in range(a.shape[0]):
-        a[k] += b[k]
 
 
 @njit(**_JIT)

@@ -53,34 +53,28 @@ _own_sgemm = types.ExternalFunction(
 
 
 @njit(**_JIT)
-def _matmul(A, B, C):
-    """``C = A @ B``: fastlstm's own GEMM in float32 where it runs, else BLAS.
+def _own_gemm(A, B, C, accumulate):
+    """``C = [C +] A @ B`` with fastlstm's own GEMM; False where it cannot run.
 
-    ``A`` may be a transposed view; the own GEMM needs ``B`` and ``C`` with
-    contiguous rows, and says so by returning 1 (as it does when it is off
-    or the CPU lacks AVX-512), and BLAS then computes the product.
+    ``A`` may be a transposed view; ``B`` and ``C`` need contiguous rows. It
+    cannot run on float64, on other layouts, when it is off, or without
+    AVX-512; ``C`` is then untouched and the caller uses BLAS.
     """
-    size = A.itemsize
-    if size == 4 and B.strides[1] == size and C.strides[1] == size:
-        status = _own_sgemm(A.shape[0], B.shape[1], A.shape[1], A.ctypes.data,
-                            A.strides[0] // size, A.strides[1] // size, B.ctypes.data,
-                            B.strides[0] // size, 0, C.ctypes.data, C.strides[0] // size)
-        if status == 0:
-            return
-    np.dot(A, B, C)
-
-
-@njit(**_JIT)
-def _matmul_add_own(A, B, C):
-    """``C += A @ B`` with fastlstm's own GEMM; False where it cannot run
-    (not float32, rows not contiguous, off, or no AVX-512): C is then untouched."""
     size = A.itemsize
     if size != 4 or B.strides[1] != size or C.strides[1] != size:
         return False
     status = _own_sgemm(A.shape[0], B.shape[1], A.shape[1], A.ctypes.data,
                         A.strides[0] // size, A.strides[1] // size, B.ctypes.data,
-                        B.strides[0] // size, 1, C.ctypes.data, C.strides[0] // size)
+                        B.strides[0] // size, 1 if accumulate else 0, C.ctypes.data,
+                        C.strides[0] // size)
     return status == 0
+
+
+@njit(**_JIT)
+def _matmul(A, B, C):
+    """``C = A @ B``: fastlstm's own GEMM in float32 where it runs, else BLAS."""
+    if not _own_gemm(A, B, C, False):
+        np.dot(A, B, C)
 
 
 @njit(**_JIT)
@@ -169,9 +163,10 @@ def lstm_forward(
     c_n : ndarray of shape (B, H)
         OUT. Each sequence's final cell state.
     work : ndarray of shape (B + I + P, 4H)
-        Workspace: the first B rows take the recurrent GEMM's product; in
-        float32 the rest take ``W`` and ``R`` transposed, the row-contiguous
-        operands fastlstm's own GEMM needs.
+        Workspace: in float32 rows B onward take ``W`` and ``R`` transposed,
+        the row-contiguous operands fastlstm's own GEMM needs; the first B
+        rows take the recurrent product where BLAS computes it (the own GEMM
+        adds it to ``gates`` directly).
     """
     n_steps = batch_sizes.shape[0]
     hidden = c0.shape[1]
@@ -207,7 +202,7 @@ def lstm_forward(
         # in place; BLAS writes it to work, added row by row below.
         added = False
         if transposed:
-            added = _matmul_add_own(h_n[:n_active], R_t, gates[offset:offset + n_active])
+            added = _own_gemm(h_n[:n_active], R_t, gates[offset:offset + n_active], True)
             if not added:
                 np.dot(h_n[:n_active], R_t, work[:n_active])
         else:

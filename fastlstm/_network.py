@@ -136,8 +136,47 @@ def _empty(shape, dtype):
     return np.empty(shape, dtype=dtype)
 
 
+class Workspace:
+    """Buffers that one training step leaves for the next to reuse.
+
+    A step allocates a dozen arrays per shard, layer and direction (saved
+    activations, gate gradients, workspaces), several megabytes each for
+    long batches. Allocated afresh every step they come back as new pages
+    from the operating system, page-faulted and zeroed on first touch
+    (21,000 page faults per W3 step), and the threads of a step fault into
+    the same address space at once. Here each buffer is kept, under a key
+    naming its role, at the largest number of rows asked for so far, and
+    handed out as a view of its first rows: mini-batches of different
+    lengths share it.
+
+    Only arrays that live within one step may come from here: the next step
+    overwrites them.
+    """
+
+    def __init__(self):
+        self._arrays = {}
+
+    def empty(self, key, shape, dtype):
+        """An uninitialised C-contiguous array of ``shape`` and ``dtype``."""
+        array = self._arrays.get(key)
+        if (array is None or array.dtype != dtype or array.shape[1:] != tuple(shape[1:])
+                or array.shape[0] < shape[0]):
+            array = np.empty(shape, dtype=dtype)
+            # Distinct keys per task: threads never share an entry, and a
+            # dict assignment is atomic under the GIL.
+            self._arrays[key] = array
+        return array[:shape[0]]
+
+
+def _allocator(workspace, *key_prefix):
+    """``empty(name, shape, dtype)`` from ``workspace``, or fresh arrays without one."""
+    if workspace is None:
+        return lambda name, shape, dtype: np.empty(shape, dtype=dtype)
+    return lambda name, shape, dtype: workspace.empty(key_prefix + (name,), shape, dtype)
+
+
 def network_forward(params, shape, shards, backend, *, dropout_masks=None, h0=None, c0=None,
-                    executor=None):
+                    executor=None, workspace=None):
     """Run the recurrent layers over every shard of a mini-batch.
 
     Parameters
@@ -155,6 +194,10 @@ def network_forward(params, shape, shards, backend, *, dropout_masks=None, h0=No
         batch_size, state_size or hidden_size); None means zeros.
     executor : concurrent.futures.Executor, default=None
         Runs the independent (shard, direction) tasks of a layer in parallel.
+    workspace : Workspace, default=None
+        Where the saved activations and layer outputs come from (training
+        reuses them step after step); None allocates new arrays. The final
+        states ``h_n``, ``c_n`` are always new arrays.
 
     Returns
     -------
@@ -187,14 +230,15 @@ def network_forward(params, shape, shards, backend, *, dropout_masks=None, h0=No
         name = layer_name(layer, direction)
         stack = layer * shape.n_directions + direction
         W_proj = params.get(f"weight_hr_{name}", _NO_PROJECTION[dtype.type])
-        H = _empty((n_rows, state), dtype)
+        empty = _allocator(workspace, "forward", shard_index, layer, direction)
+        H = empty("H", (n_rows, state), dtype)
         saved = dict(
             bias=params[f"bias_ih_{name}"] + params[f"bias_hh_{name}"],
-            Hprev=_empty((n_rows, state), dtype),
-            Cprev=_empty((n_rows, hidden), dtype),
-            TC=_empty((n_rows, hidden), dtype),
-            gates=_empty((n_rows, GATES * hidden), dtype),
-            M=_empty((n_rows, hidden), dtype) if shape.proj_size else W_proj,
+            Hprev=empty("Hprev", (n_rows, state), dtype),
+            Cprev=empty("Cprev", (n_rows, hidden), dtype),
+            TC=empty("TC", (n_rows, hidden), dtype),
+            gates=empty("gates", (n_rows, GATES * hidden), dtype),
+            M=empty("M", (n_rows, hidden), dtype) if shape.proj_size else W_proj,
         )
         backend.forward(
             layer_input, batch.batch_sizes, params[f"weight_ih_{name}"],
@@ -203,7 +247,7 @@ def network_forward(params, shape, shards, backend, *, dropout_masks=None, h0=No
             shape.gate_kind, shape.state_kind,
             H, saved["Hprev"], saved["Cprev"], saved["TC"], saved["gates"], saved["M"],
             result.h_n[stack], result.c_n[stack],
-            _empty((batch_size + layer_input.shape[1] + state, GATES * hidden), dtype),
+            empty("work", (batch_size + layer_input.shape[1] + state, GATES * hidden), dtype),
         )
         layer_output[:, direction * state:(direction + 1) * state] = H
         result.saved[(layer, direction)] = saved
@@ -212,8 +256,11 @@ def network_forward(params, shape, shards, backend, *, dropout_masks=None, h0=No
     for layer in range(shape.num_layers):
         if layer > 0 and dropout_masks is not None:
             layer_inputs = [x * masks[layer - 1] for x, masks in zip(layer_inputs, dropout_masks)]
-        layer_outputs = [_empty((batch.X.shape[0], shape.n_features_out), batch.X.dtype)
-                         for batch in shards]
+        layer_outputs = [
+            _allocator(workspace, "layer output", s, layer)(
+                "H", (batch.X.shape[0], shape.n_features_out), batch.X.dtype)
+            for s, batch in enumerate(shards)
+        ]
         for result, layer_input in zip(results, layer_inputs):
             result.layer_inputs.append(layer_input)
         _run_tasks(executor, run, [
@@ -250,7 +297,7 @@ class BackwardResult:
 
 def network_backward(params, grads, shape, shards, backend, forward_results, *,
                      d_outputs=None, d_final_hidden=None, dropout_masks=None, executor=None,
-                     input_gradients=True):
+                     input_gradients=True, workspace=None):
     """Backpropagate through the recurrent layers of every shard.
 
     Parameters
@@ -275,6 +322,9 @@ def network_backward(params, grads, shape, shards, backend, forward_results, *,
         Compute ``d_inputs``, the gradient with respect to the network's
         inputs. Training does not need it, and skipping it saves one GEMM
         per direction of the first layer; ``d_inputs`` is then None.
+    workspace : Workspace, default=None
+        Where the gradient workspaces come from (see :func:`network_forward`);
+        ``d_inputs`` may then be one of them, valid until the next step.
 
     Returns
     -------
@@ -296,8 +346,10 @@ def network_backward(params, grads, shape, shards, backend, forward_results, *,
         stack = layer * n_directions + direction
         saved = fwd.saved[(layer, direction)]
         columns = slice(direction * state, (direction + 1) * state)
+        empty = _allocator(workspace, "backward", shard_index, layer, direction)
         if d_layer_output is None:
-            dH = np.zeros((n_rows, state), dtype)
+            dH = empty("dH", (n_rows, state), dtype)
+            dH.fill(0)
         else:
             dH = np.ascontiguousarray(d_layer_output[:, columns])
         dh_n = np.zeros((batch_size, state), dtype)
@@ -308,7 +360,7 @@ def network_backward(params, grads, shape, shards, backend, forward_results, *,
         dW_proj = shard_grads[f"weight_hr_{name}"] if project else saved["M"]
         layer_input = fwd.layer_inputs[layer]
         if layer > 0 or input_gradients:
-            dX = np.empty_like(layer_input)
+            dX = empty("dX", layer_input.shape, dtype)
         else:
             dX = _empty((0, layer_input.shape[1]), dtype)
         d_layer_input_parts[direction] = dX
@@ -322,9 +374,9 @@ def network_backward(params, grads, shape, shards, backend, forward_results, *,
             dH, dh_n, np.zeros((batch_size, hidden), dtype),
             dX, shard_grads[f"weight_ih_{name}"], shard_grads[f"weight_hh_{name}"], d_bias,
             dW_proj, result.d_h0[stack], result.d_c0[stack],
-            _empty((n_rows, GATES * hidden), dtype),
-            _empty((n_rows, state), dtype) if project else saved["M"],
-            _empty((batch_size, hidden), dtype) if project else saved["M"],
+            empty("dG", (n_rows, GATES * hidden), dtype),
+            empty("dH_total", (n_rows, state), dtype) if project else saved["M"],
+            empty("dM", (batch_size, hidden), dtype) if project else saved["M"],
         )
         # Both torch biases enter the gates as one sum, so they share a gradient.
         shard_grads[f"bias_hh_{name}"][:] = d_bias

@@ -31,7 +31,7 @@ from threadpoolctl import ThreadpoolController
 
 from ._bucketing import length_sorted_batches, pack_batch, shard_orders, time_chunks
 from ._fpenv import enable_flush_to_zero, restore
-from ._network import network_backward, network_forward
+from ._network import Workspace, network_backward, network_forward
 from ._optim import add_l2_regularization, clip_gradients, learning_rate_at, make_optimizer
 from ._weights import unflatten
 
@@ -239,6 +239,8 @@ class Trainer:
         self.params = unflatten(flat_params, shapes)
         self.flat_grads = np.zeros_like(flat_params)
         self.grads = unflatten(self.flat_grads, shapes)
+        # The step's activations and gradient buffers, kept from step to step.
+        self._workspace = Workspace()
         # L2 regularisation acts on weights, not biases (as in MATLAB).
         self.weight_mask = np.concatenate([
             np.full(int(np.prod(shape)), name.startswith(("weight", "head.weight")))
@@ -309,7 +311,7 @@ class Trainer:
                       .astype(dtype) / dtype.type(keep) for _ in range(net_shape.num_layers - 1)]
                      for shard in shards]
         forward = network_forward(params, net_shape, shards, self.backend, dropout_masks=masks,
-                                  h0=h0, c0=c0, executor=executor)
+                                  h0=h0, c0=c0, executor=executor, workspace=self._workspace)
         carried = ([f.h_n[:, :n] for f, n in zip(forward, n_continuing)],
                    [f.c_n[:, :n] for f, n in zip(forward, n_continuing)])
         if targets.per_step:
@@ -344,7 +346,7 @@ class Trainer:
         shard_flat_grads, shard_grads = self._shard_gradients(len(shards))
         network_backward(params, shard_grads, net_shape, shards, self.backend, forward,
                          dropout_masks=masks, executor=executor, input_gradients=False,
-                         **backward_args)
+                         workspace=self._workspace, **backward_args)
         # Shard gradients summed in a fixed order: reproducible.
         flat_grads, grads = self.flat_grads, self.grads
         flat_grads[:] = shard_flat_grads[0]

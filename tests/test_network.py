@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastlstm._backends import get_backend
-from fastlstm._network import NetworkShape, network_backward, network_forward
+from fastlstm._network import NetworkShape, Workspace, network_backward, network_forward
 from fastlstm._weights import init_parameters, parameter_shapes, unflatten
 
 from _lstm_cases import random_packed_batch
@@ -28,10 +28,10 @@ SHARD_LENGTHS = [[6, 2, 4, 4, 1], [5, 3, 3]]
 N_FEATURES = 3
 
 
-def make_problem(shape, dtype, seed=0):
+def make_problem(shape, dtype, seed=0, shard_lengths=SHARD_LENGTHS):
     """Two shards, random parameters, initial states, output gradients and masks."""
     rng = np.random.default_rng(seed)
-    shards = [random_packed_batch(rng, lengths, N_FEATURES, dtype) for lengths in SHARD_LENGTHS]
+    shards = [random_packed_batch(rng, lengths, N_FEATURES, dtype) for lengths in shard_lengths]
     shapes = parameter_shapes(N_FEATURES, shape.hidden_size, shape.num_layers,
                               shape.bidirectional, n_outputs=1, proj_size=shape.proj_size)
     flat = init_parameters(shapes, np.random.RandomState(seed), dtype)
@@ -59,18 +59,21 @@ def objective(problem, shape, backend):
                      for r, d, f in zip(results, problem["d_outputs"], problem["d_final"])))
 
 
-def gradients(problem, shape, backend, executor=None, input_gradients=True):
+def gradients(problem, shape, backend, executor=None, input_gradients=True, workspace=None,
+              output_gradients=True):
     flat, shapes, dtype = problem["flat"], problem["shapes"], problem["flat"].dtype
     params = unflatten(flat, shapes)
     shard_flat = [np.zeros_like(flat) for _ in problem["shards"]]
     results = network_forward(params, shape, problem["shards"], backend,
                               dropout_masks=problem["masks"], h0=problem["h0"], c0=problem["c0"],
-                              executor=executor)
+                              executor=executor, workspace=workspace)
     backward = network_backward(
         params, [unflatten(g, shapes) for g in shard_flat], shape, problem["shards"], backend,
-        results, d_outputs=[d.astype(dtype) for d in problem["d_outputs"]],
+        results,
+        d_outputs=[d.astype(dtype) for d in problem["d_outputs"]] if output_gradients else None,
         d_final_hidden=[f.astype(dtype) for f in problem["d_final"]],
         dropout_masks=problem["masks"], executor=executor, input_gradients=input_gradients,
+        workspace=workspace,
     )
     return results, sum(shard_flat), backward
 
@@ -178,6 +181,44 @@ def test_skipping_the_input_gradient_changes_no_weight_gradient(shape, backend_n
     for full, short in zip(backward, skipped):
         np.testing.assert_array_equal(short.d_h0, full.d_h0)
         np.testing.assert_array_equal(short.d_c0, full.d_c0)
+
+
+def test_workspace_hands_out_views_of_kept_buffers():
+    workspace = Workspace()
+    first = workspace.empty(("a", 0), (5, 3), np.float32)
+    assert first.shape == (5, 3) and first.flags.c_contiguous
+    fewer = workspace.empty(("a", 0), (2, 3), np.float32)
+    assert np.shares_memory(first, fewer) and fewer.shape == (2, 3)
+    more = workspace.empty(("a", 0), (9, 3), np.float32)
+    assert not np.shares_memory(first, more) and more.shape == (9, 3)
+    assert not np.shares_memory(more, workspace.empty(("a", 1), (9, 3), np.float32))
+    assert workspace.empty(("a", 0), (9, 3), np.float64).dtype == np.float64
+    assert workspace.empty(("a", 0), (4, 2), np.float64).shape == (4, 2)
+
+
+@pytest.mark.parametrize("output_gradients", [True, False], ids=["d_outputs", "final-only"])
+@pytest.mark.parametrize("shape", [SHAPES["bi-2"], SHAPES["bi-2-proj"]], ids=["bi-2", "bi-2-proj"])
+def test_reused_workspace_gives_the_results_of_fresh_arrays(shape, output_gradients):
+    # A workspace keeps each buffer at its largest size and hands out its
+    # first rows: steps of other lengths, before and after, must not leak
+    # into a step (stale rows, a zero fill that is skipped: without output
+    # gradients, as in training, the last layer's dH is a zeroed buffer).
+    backend = get_backend("numba")
+    problem = make_problem(shape, np.float32)
+    # More rows than `problem` under every key.
+    longer = make_problem(shape, np.float32, seed=1,
+                          shard_lengths=[[2 * n for n in lengths] for lengths in SHARD_LENGTHS])
+    _, expected_grads, expected = gradients(problem, shape, backend,
+                                            output_gradients=output_gradients)
+    workspace = Workspace()
+    for before in (problem, longer):
+        gradients(before, shape, backend, workspace=workspace)
+        _, grads, backward = gradients(problem, shape, backend, workspace=workspace,
+                                       output_gradients=output_gradients)
+        np.testing.assert_array_equal(grads, expected_grads)
+        for ours, theirs in zip(backward, expected):
+            np.testing.assert_array_equal(ours.d_inputs, theirs.d_inputs)
+            np.testing.assert_array_equal(ours.d_h0, theirs.d_h0)
 
 
 def test_final_states_are_read_at_each_sequence_end():

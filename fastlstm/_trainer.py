@@ -564,13 +564,16 @@ def network_outputs(flat_params, shapes, net_shape, sequences, lengths, backend,
     h_n = np.empty((n_stack, len(sequences), net_shape.state_size), dtype=dtype)
     c_n = np.empty((n_stack, len(sequences), net_shape.hidden_size), dtype=dtype)
     step_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if per_step else None
+    # Batches of one call share their buffers: each batch's outputs are read
+    # out before the next batch overwrites them.
+    workspace = Workspace()
     with compute_environment(n_threads) as executor:
         for order in length_sorted_batches(lengths, PREDICT_BATCH_SIZE):
             shards = pack_shards(sequences, lengths, order, step_starts=step_starts)
             initial_h = None if h0 is None else [h0[:, shard.order] for shard in shards]
             initial_c = None if c0 is None else [c0[:, shard.order] for shard in shards]
             forward = network_forward(params, net_shape, shards, backend, h0=initial_h,
-                                      c0=initial_c, executor=executor)
+                                      c0=initial_c, executor=executor, workspace=workspace)
             for shard, result in zip(shards, forward):
                 if per_step:
                     outputs[shard.target_rows] = _head_forward(params, result.outputs)

@@ -15,6 +15,7 @@ number of threads, only on the sharding, which the caller fixes.
 """
 
 import itertools
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,7 +151,9 @@ class Workspace:
     lengths share it.
 
     Only arrays that live within one step may come from here: the next step
-    overwrites them.
+    overwrites them. Scratch arrays that live within one kernel call only are
+    keyed by thread (see :func:`_scratch`), so that their memory is that of
+    the threads running at once, not of every task of the step.
     """
 
     def __init__(self):
@@ -173,6 +176,11 @@ def _allocator(workspace, *key_prefix):
     if workspace is None:
         return lambda name, shape, dtype: np.empty(shape, dtype=dtype)
     return lambda name, shape, dtype: workspace.empty(key_prefix + (name,), shape, dtype)
+
+
+def _scratch(workspace):
+    """Like :func:`_allocator`, for arrays dead once the calling task's kernel returns."""
+    return _allocator(workspace, "scratch", threading.get_ident())
 
 
 def network_forward(params, shape, shards, backend, *, dropout_masks=None, h0=None, c0=None,
@@ -247,7 +255,8 @@ def network_forward(params, shape, shards, backend, *, dropout_masks=None, h0=No
             shape.gate_kind, shape.state_kind,
             H, saved["Hprev"], saved["Cprev"], saved["TC"], saved["gates"], saved["M"],
             result.h_n[stack], result.c_n[stack],
-            empty("work", (batch_size + layer_input.shape[1] + state, GATES * hidden), dtype),
+            _scratch(workspace)("work", (batch_size + layer_input.shape[1] + state,
+                                          GATES * hidden), dtype),
         )
         layer_output[:, direction * state:(direction + 1) * state] = H
         result.saved[(layer, direction)] = saved
@@ -346,9 +355,9 @@ def network_backward(params, grads, shape, shards, backend, forward_results, *,
         stack = layer * n_directions + direction
         saved = fwd.saved[(layer, direction)]
         columns = slice(direction * state, (direction + 1) * state)
-        empty = _allocator(workspace, "backward", shard_index, layer, direction)
+        scratch = _scratch(workspace)
         if d_layer_output is None:
-            dH = empty("dH", (n_rows, state), dtype)
+            dH = scratch("dH", (n_rows, state), dtype)
             dH.fill(0)
         else:
             dH = np.ascontiguousarray(d_layer_output[:, columns])
@@ -360,7 +369,10 @@ def network_backward(params, grads, shape, shards, backend, forward_results, *,
         dW_proj = shard_grads[f"weight_hr_{name}"] if project else saved["M"]
         layer_input = fwd.layer_inputs[layer]
         if layer > 0 or input_gradients:
-            dX = empty("dX", layer_input.shape, dtype)
+            # The layer below reads this layer's dX while writing its own:
+            # two buffers, alternating with the layer.
+            dX = _allocator(workspace, "dX", shard_index, direction, layer % 2)(
+                "dX", layer_input.shape, dtype)
         else:
             dX = _empty((0, layer_input.shape[1]), dtype)
         d_layer_input_parts[direction] = dX
@@ -374,9 +386,9 @@ def network_backward(params, grads, shape, shards, backend, forward_results, *,
             dH, dh_n, np.zeros((batch_size, hidden), dtype),
             dX, shard_grads[f"weight_ih_{name}"], shard_grads[f"weight_hh_{name}"], d_bias,
             dW_proj, result.d_h0[stack], result.d_c0[stack],
-            empty("dG", (n_rows, GATES * hidden), dtype),
-            empty("dH_total", (n_rows, state), dtype) if project else saved["M"],
-            empty("dM", (batch_size, hidden), dtype) if project else saved["M"],
+            scratch("dG", (n_rows, GATES * hidden), dtype),
+            scratch("dH_total", (n_rows, state), dtype) if project else saved["M"],
+            scratch("dM", (batch_size, hidden), dtype) if project else saved["M"],
         )
         # Both torch biases enter the gates as one sum, so they share a gradient.
         shard_grads[f"bias_hh_{name}"][:] = d_bias

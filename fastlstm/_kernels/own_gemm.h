@@ -6,7 +6,7 @@
  * dispatch, and the kernel it runs is whatever core type the BLAS build
  * picked (an OpenBLAS told OPENBLAS_CORETYPE=Haswell runs AVX2 code on an
  * AVX-512 CPU). This kernel reads its operands in place and always uses the
- * CPU's 512-bit registers; on the LSTM shapes it measured 1.5-2.7x faster
+ * CPU's 512-bit registers; on the LSTM shapes it measured 1.3-2.7x faster
  * than OpenBLAS's Haswell kernels and than MKL (bench/test_gemm.py).
  *
  * What it computes (row-major, float32):

@@ -22,6 +22,7 @@ from setuptools.errors import CompileError, LinkError
 EXTENSIONS = {
     "fastlstm._packing": {"sources": ["fastlstm/_packing.pyx"], "openmp": True},
     "fastlstm._fpenv": {"sources": ["fastlstm/_fpenv.pyx"], "openmp": False},
+    "fastlstm._spin": {"sources": ["fastlstm/_spin.pyx"], "openmp": False},
     "fastlstm._optim_kernels": {"sources": ["fastlstm/_optim_kernels.pyx"], "openmp": False},
     "fastlstm._kernels._gemm": {"sources": ["fastlstm/_kernels/_gemm.pyx"], "openmp": False},
     "fastlstm._kernels.cython_lstm": {"sources": ["fastlstm/_kernels/cython_lstm.pyx"], "openmp": False},

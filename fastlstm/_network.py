@@ -14,7 +14,6 @@ has its own output and gradient buffers, so the result does not depend on the
 number of threads, only on the sharding, which the caller fixes.
 """
 
-import itertools
 import threading
 from dataclasses import dataclass
 
@@ -98,39 +97,19 @@ class ForwardResult:
 
 
 def _run_tasks(executor, function, tasks):
-    """Run ``function(*task)`` for every task, on the calling thread and the executor's.
+    """Run ``function(*task)`` for every task: in parallel on ``executor``, if any.
 
-    The calling thread works too, rather than waiting idle for the pool, so
-    a pool of ``n_threads - 1`` workers (see ``_trainer._executor``) keeps
-    ``n_threads`` busy, and a layer of two tasks costs one thread hand-off
-    instead of two. Each thread takes the next task not yet started, so
-    shards of unequal cost still balance. Tasks write only their own
-    outputs, so the order in which they run does not change any result.
+    ``executor`` is a :class:`~fastlstm._pool.SpinPool` (see
+    ``_trainer.compute_environment``): the calling thread runs tasks too, and
+    each thread takes the next task not yet started, so shards of unequal
+    cost still balance. Tasks write only their own outputs, so the order in
+    which they run does not change any result.
     """
     if executor is None or len(tasks) == 1:
         for task in tasks:
             function(*task)
         return
-    next_index = itertools.count()  # next() on it is atomic under the GIL
-
-    def work():
-        for index in iter(next_index.__next__, None):
-            if index >= len(tasks):
-                return
-            function(*tasks[index])
-
-    n_helpers = min(len(tasks) - 1, getattr(executor, "_max_workers", len(tasks)))
-    helpers = [executor.submit(work) for _ in range(n_helpers)]
-    try:
-        work()
-    finally:
-        # Wait for every helper even if this thread's task failed: they
-        # write into buffers the caller owns. result() re-raises a helper's
-        # exception.
-        for helper in helpers:
-            helper.exception()
-    for helper in helpers:
-        helper.result()
+    executor.run(function, tasks)
 
 
 def _empty(shape, dtype):
@@ -159,6 +138,11 @@ class Workspace:
     def __init__(self):
         self._arrays = {}
 
+    @property
+    def nbytes(self):
+        """Memory held, in bytes."""
+        return sum(array.nbytes for array in list(self._arrays.values()))
+
     def empty(self, key, shape, dtype):
         """An uninitialised C-contiguous array of ``shape`` and ``dtype``."""
         array = self._arrays.get(key)
@@ -169,6 +153,28 @@ class Workspace:
             # dict assignment is atomic under the GIL.
             self._arrays[key] = array
         return array[:shape[0]]
+
+    def zeros(self, key, shape, dtype):
+        """A zero-filled array for a kernel to read, never to write.
+
+        Zero inputs (initial states, the gradient of outputs nothing reads)
+        are filled once, when first made or grown, rather than every step.
+        """
+        # Keyed by the trailing shape too: an entry never changes shape, so
+        # a view handed out earlier in the step stays valid and zero.
+        key = key + (tuple(shape[1:]), np.dtype(dtype).str)
+        array = self._arrays.get(key)
+        if array is None or array.shape[0] < shape[0]:
+            array = np.zeros(shape, dtype=dtype)
+            self._arrays[key] = array
+        return array[:shape[0]]
+
+
+def _zeros(workspace, key, shape, dtype):
+    """Read-only zeros: from ``workspace`` (see :meth:`Workspace.zeros`), or new."""
+    if workspace is None:
+        return np.zeros(shape, dtype=dtype)
+    return workspace.zeros(("zeros",) + key, shape, dtype)
 
 
 def _allocator(workspace, *key_prefix):
@@ -226,13 +232,16 @@ def network_forward(params, shape, shards, backend, *, dropout_masks=None, h0=No
             saved={},
         ))
         if h0 is None or h0[index] is None:
-            results[-1].saved["h0"] = np.zeros((n_stack, batch_size, state), dtype)
-            results[-1].saved["c0"] = np.zeros((n_stack, batch_size, hidden), dtype)
+            results[-1].saved["h0"] = _zeros(workspace, ("h0",), (n_stack, batch_size, state), dtype)
+            results[-1].saved["c0"] = _zeros(workspace, ("c0",), (n_stack, batch_size, hidden), dtype)
         else:
             results[-1].saved["h0"] = np.ascontiguousarray(h0[index], dtype=dtype)
             results[-1].saved["c0"] = np.ascontiguousarray(c0[index], dtype=dtype)
 
-    def run(shard_index, layer, direction, layer_input, layer_output):
+    # Each task is prepared here, on the calling thread, and only run by the
+    # pool: a worker then takes the GIL for a few microseconds, not for the
+    # whole preparation while the calling thread holds it too.
+    def prepare(shard_index, layer, direction, layer_input, layer_output):
         batch, result = shards[shard_index], results[shard_index]
         n_rows, batch_size, dtype = batch.X.shape[0], batch.size, batch.X.dtype
         name = layer_name(layer, direction)
@@ -248,18 +257,21 @@ def network_forward(params, shape, shards, backend, *, dropout_masks=None, h0=No
             gates=empty("gates", (n_rows, GATES * hidden), dtype),
             M=empty("M", (n_rows, hidden), dtype) if shape.proj_size else W_proj,
         )
-        backend.forward(
+        result.saved[(layer, direction)] = saved
+        arguments = (
             layer_input, batch.batch_sizes, params[f"weight_ih_{name}"],
             params[f"weight_hh_{name}"], saved["bias"], W_proj,
             result.saved["h0"][stack], result.saved["c0"][stack], direction == 1,
             shape.gate_kind, shape.state_kind,
             H, saved["Hprev"], saved["Cprev"], saved["TC"], saved["gates"], saved["M"],
             result.h_n[stack], result.c_n[stack],
-            _scratch(workspace)("work", (batch_size + layer_input.shape[1] + state,
-                                          GATES * hidden), dtype),
         )
-        layer_output[:, direction * state:(direction + 1) * state] = H
-        result.saved[(layer, direction)] = saved
+        work_shape = (batch_size + layer_input.shape[1] + state, GATES * hidden)
+        return arguments, work_shape, H, layer_output[:, direction * state:(direction + 1) * state]
+
+    def run(arguments, work_shape, H, output_columns):
+        backend.forward(*arguments, _scratch(workspace)("work", work_shape, H.dtype))
+        output_columns[...] = H
 
     layer_inputs = [batch.X for batch in shards]
     for layer in range(shape.num_layers):
@@ -273,7 +285,7 @@ def network_forward(params, shape, shards, backend, *, dropout_masks=None, h0=No
         for result, layer_input in zip(results, layer_inputs):
             result.layer_inputs.append(layer_input)
         _run_tasks(executor, run, [
-            (s, layer, direction, layer_inputs[s], layer_outputs[s])
+            prepare(s, layer, direction, layer_inputs[s], layer_outputs[s])
             for s in range(len(shards)) for direction in range(shape.n_directions)
         ])
         layer_inputs = layer_outputs
@@ -347,7 +359,8 @@ def network_backward(params, grads, shape, shards, backend, forward_results, *,
         for fwd in forward_results
     ]
 
-    def run(shard_index, layer, direction, d_layer_output, d_layer_input_parts):
+    # Prepared on the calling thread, run by the pool (see network_forward).
+    def prepare(shard_index, layer, direction, d_layer_output, d_layer_input_parts):
         batch, fwd = shards[shard_index], forward_results[shard_index]
         result, shard_grads = results[shard_index], grads[shard_index]
         n_rows, batch_size, dtype = batch.X.shape[0], batch.size, batch.X.dtype
@@ -355,12 +368,10 @@ def network_backward(params, grads, shape, shards, backend, forward_results, *,
         stack = layer * n_directions + direction
         saved = fwd.saved[(layer, direction)]
         columns = slice(direction * state, (direction + 1) * state)
-        scratch = _scratch(workspace)
         if d_layer_output is None:
-            dH = scratch("dH", (n_rows, state), dtype)
-            dH.fill(0)
+            d_output_columns = _zeros(workspace, ("dH",), (n_rows, state), dtype)
         else:
-            dH = np.ascontiguousarray(d_layer_output[:, columns])
+            d_output_columns = d_layer_output[:, columns]  # made contiguous by run()
         dh_n = np.zeros((batch_size, state), dtype)
         if layer == shape.num_layers - 1 and d_final_hidden is not None:
             dh_n[:] = d_final_hidden[shard_index][:, columns]
@@ -377,27 +388,38 @@ def network_backward(params, grads, shape, shards, backend, forward_results, *,
             dX = _empty((0, layer_input.shape[1]), dtype)
         d_layer_input_parts[direction] = dX
         d_bias = shard_grads[f"bias_ih_{name}"]
-        backend.backward(
+        before_dH = (
             layer_input, batch.batch_sizes, params[f"weight_ih_{name}"],
             params[f"weight_hh_{name}"], saved["bias"], W_proj,
             fwd.saved["h0"][stack], fwd.saved["c0"][stack], direction == 1,
             shape.gate_kind, shape.state_kind,
             saved["Hprev"], saved["Cprev"], saved["TC"], saved["gates"], saved["M"],
-            dH, dh_n, np.zeros((batch_size, hidden), dtype),
+        )
+        after_dH = (
+            dh_n, _zeros(workspace, ("dc_n",), (batch_size, hidden), dtype),
             dX, shard_grads[f"weight_ih_{name}"], shard_grads[f"weight_hh_{name}"], d_bias,
             dW_proj, result.d_h0[stack], result.d_c0[stack],
-            scratch("dG", (n_rows, GATES * hidden), dtype),
-            scratch("dH_total", (n_rows, state), dtype) if project else saved["M"],
-            scratch("dM", (batch_size, hidden), dtype) if project else saved["M"],
         )
+        scratch_shapes = ((n_rows, GATES * hidden), (n_rows, state) if project else None,
+                          (batch_size, hidden) if project else None)
+        return before_dH, d_output_columns, after_dH, scratch_shapes, shard_grads[f"bias_hh_{name}"]
+
+    def run(before_dH, d_output_columns, after_dH, scratch_shapes, d_bias_hh):
+        scratch = _scratch(workspace)
+        dtype = d_output_columns.dtype
+        no_projection = before_dH[-1]  # M: the (0, 0) stand-in without projection
+        dG, dH_total, dM = (no_projection if shape_ is None else scratch(name, shape_, dtype)
+                            for name, shape_ in zip(("dG", "dH_total", "dM"), scratch_shapes))
+        backend.backward(*before_dH, np.ascontiguousarray(d_output_columns), *after_dH,
+                         dG, dH_total, dM)
         # Both torch biases enter the gates as one sum, so they share a gradient.
-        shard_grads[f"bias_hh_{name}"][:] = d_bias
+        d_bias_hh[:] = after_dH[5]
 
     d_layer_outputs = [None] * len(shards) if d_outputs is None else list(d_outputs)
     for layer in reversed(range(shape.num_layers)):
         parts = [[None] * n_directions for _ in shards]
         _run_tasks(executor, run, [
-            (s, layer, direction, d_layer_outputs[s], parts[s])
+            prepare(s, layer, direction, d_layer_outputs[s], parts[s])
             for s in range(len(shards)) for direction in range(n_directions)
         ])
         if layer == 0 and not input_gradients:

@@ -21,7 +21,6 @@ import os
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -33,6 +32,7 @@ from ._bucketing import length_sorted_batches, pack_batch, shard_orders, time_ch
 from ._fpenv import enable_flush_to_zero, restore
 from ._network import Workspace, network_backward, network_forward
 from ._optim import add_l2_regularization, clip_gradients, learning_rate_at, make_optimizer
+from ._pool import SpinPool
 from ._weights import unflatten
 
 # Inference needs no gradients, so bigger batches only amortise overhead.
@@ -122,16 +122,25 @@ def _blas_limiter():
 def _executor(n_threads):
     """A persistent pool of ``n_threads - 1`` worker threads (with flush-to-zero set).
 
-    The calling thread is the n-th: it runs tasks too (``_network._run_tasks``).
+    The calling thread is the n-th: it runs tasks too (``SpinPool.run``).
     Starting threads for every call would cost more than small predictions.
     """
     with _runtime_lock:
         if n_threads not in _executors:
-            _executors[n_threads] = ThreadPoolExecutor(
-                max_workers=n_threads - 1, thread_name_prefix="fastlstm",
-                initializer=enable_flush_to_zero,
-            )
+            _executors[n_threads] = SpinPool(n_threads - 1, initializer=enable_flush_to_zero)
         return _executors[n_threads]
+
+
+def _forget_executors():
+    # A child process made by fork() has only the forking thread: the pools'
+    # workers are not there, and it makes its own pools when it needs them.
+    global _runtime_lock
+    _executors.clear()
+    _runtime_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_executors)
 
 
 @contextmanager
@@ -196,6 +205,19 @@ def effective_n_threads(n_jobs):
 
 def _head_forward(params, features):
     return features @ params["head.weight"].T + params["head.bias"]
+
+
+def _joined(parts):
+    """``np.concatenate(parts)``, without the copy when there is one part."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _split(array, sizes):
+    """``array`` cut into consecutive row blocks of ``sizes``; views, not copies."""
+    if len(sizes) == 1:
+        return [array]
+    ends = np.cumsum(sizes)
+    return [array[end - size:end] for size, end in zip(sizes, ends)]
 
 
 def pack_shards(sequences, lengths, order, *, max_length=None, step_starts=None):
@@ -315,43 +337,49 @@ class Trainer:
         carried = ([f.h_n[:, :n] for f, n in zip(forward, n_continuing)],
                    [f.c_n[:, :n] for f, n in zip(forward, n_continuing)])
         if targets.per_step:
-            features = np.concatenate([f.outputs for f in forward])
-            rows = np.concatenate([shard.target_rows for shard in shards])
-            splits = np.cumsum([f.outputs.shape[0] for f in forward])[:-1]
+            features = _joined([f.outputs for f in forward])
+            rows = _joined([shard.target_rows for shard in shards])
+            sizes = [f.outputs.shape[0] for f in forward]
         else:
             # A sequence's target is compared with the output where it ends;
             # a chunk in which none ends has nothing to learn from.
-            features = np.concatenate([f.final_hidden[n:] for f, n in zip(forward, n_continuing)])
-            rows = np.concatenate([s.order[n:] for s, n in zip(shards, n_continuing)])
-            splits = np.cumsum([s.size - n for s, n in zip(shards, n_continuing)])[:-1]
-        if len(rows) == 0 or targets.weights[rows].sum() == 0:
+            features = _joined([f.final_hidden[n:] for f, n in zip(forward, n_continuing)])
+            rows = _joined([s.order[n:] for s, n in zip(shards, n_continuing)])
+            sizes = [s.size - n for s, n in zip(shards, n_continuing)]
+        weights = targets.weights[rows]
+        if len(rows) == 0 or weights.sum() == 0:
             return 0.0, 0, carried
         outputs = _head_forward(params, features)
-        value, d_outputs = self.loss(outputs, targets.values[rows], targets.weights[rows])
+        value, d_outputs = self.loss(outputs, targets.values[rows], weights)
         if not np.isfinite(value):
             raise FloatingPointError(
                 f"The training loss became {value} at epoch {self.epochs_done + 1}; training "
                 "stopped. Lower learning_rate, set gradient_threshold, or normalise the inputs."
             )
-        d_features = np.split(d_outputs @ params["head.weight"], splits)
+        d_features = _split(d_outputs @ params["head.weight"], sizes)
         if targets.per_step:
             backward_args = dict(d_outputs=d_features)
         else:
             d_final_hidden = []
             for f, n, d in zip(forward, n_continuing, d_features):
-                d_shard = np.zeros_like(f.final_hidden)
-                d_shard[n:] = d
-                d_final_hidden.append(d_shard)
+                if n > 0:  # sequences continuing into the next chunk get no gradient here
+                    d = np.concatenate([np.zeros((n, d.shape[1]), d.dtype), d])
+                d_final_hidden.append(d)
             backward_args = dict(d_final_hidden=d_final_hidden)
-        shard_flat_grads, shard_grads = self._shard_gradients(len(shards))
+        flat_grads, grads = self.flat_grads, self.grads
+        if len(shards) == 1:
+            # One shard writes its gradients where the optimiser reads them.
+            shard_grads = [grads]
+        else:
+            shard_flat_grads, shard_grads = self._shard_gradients(len(shards))
         network_backward(params, shard_grads, net_shape, shards, self.backend, forward,
                          dropout_masks=masks, executor=executor, input_gradients=False,
                          workspace=self._workspace, **backward_args)
-        # Shard gradients summed in a fixed order: reproducible.
-        flat_grads, grads = self.flat_grads, self.grads
-        flat_grads[:] = shard_flat_grads[0]
-        for buffer in shard_flat_grads[1:]:
-            flat_grads += buffer
+        if len(shards) > 1:
+            # Shard gradients summed in a fixed order: reproducible.
+            flat_grads[:] = shard_flat_grads[0]
+            for buffer in shard_flat_grads[1:]:
+                flat_grads += buffer
         grads["head.weight"][:] = d_outputs.T @ features
         grads["head.bias"][:] = d_outputs.sum(axis=0)
         if options.l2_regularization > 0:
@@ -565,8 +593,8 @@ def network_outputs(flat_params, shapes, net_shape, sequences, lengths, backend,
     c_n = np.empty((n_stack, len(sequences), net_shape.hidden_size), dtype=dtype)
     step_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if per_step else None
     # Batches of one call share their buffers: each batch's outputs are read
-    # out before the next batch overwrites them.
-    workspace = Workspace()
+    # out before the next batch overwrites them. Calls share them too.
+    workspace = _take_prediction_workspace()
     with compute_environment(n_threads) as executor:
         for order in length_sorted_batches(lengths, PREDICT_BATCH_SIZE):
             shards = pack_shards(sequences, lengths, order, step_starts=step_starts)
@@ -581,9 +609,32 @@ def network_outputs(flat_params, shapes, net_shape, sequences, lengths, backend,
                     outputs[shard.order] = _head_forward(params, result.final_hidden)
                 h_n[:, shard.order] = result.h_n
                 c_n[:, shard.order] = result.c_n
+    _keep_prediction_workspace(workspace)
     if return_states:
         return outputs, h_n, c_n
     return outputs
+
+
+# Prediction buffers kept between calls, per thread, up to this size. A
+# process whose allocator hands every call fresh pages from the operating
+# system (glibc's mmap threshold decides, differently from one process to the
+# next) page-faults on each of them: 970 faults per W1 prediction, 2.5 ms
+# instead of 0.65 ms, in some processes and not others. Small predictions,
+# where that matters, fit under the limit; a larger one returns its memory.
+PREDICTION_WORKSPACE_BYTES = 64 * 2**20
+_prediction_buffers = threading.local()
+
+
+def _take_prediction_workspace():
+    # Taken out while in use, so that a nested call (none today) gets its own.
+    workspace = getattr(_prediction_buffers, "workspace", None)
+    _prediction_buffers.workspace = None
+    return workspace if workspace is not None else Workspace()
+
+
+def _keep_prediction_workspace(workspace):
+    if workspace.nbytes <= PREDICTION_WORKSPACE_BYTES:
+        _prediction_buffers.workspace = workspace
 
 
 def warm_up(backend, dtype):

@@ -153,13 +153,12 @@ def test_backend_network_matches_reference(shape, dtype, tolerance, backend_name
 
 @pytest.mark.parametrize("shape", [SHAPES["bi-2"], SHAPES["bi-2-proj"]], ids=["bi-2", "bi-2-proj"])
 def test_parallel_tasks_give_identical_results(shape):
-    from concurrent.futures import ThreadPoolExecutor
+    from fastlstm._pool import SpinPool
 
     problem = make_problem(shape, np.float32)
     serial, serial_grads, serial_backward = gradients(problem, shape, get_backend("numba"))
-    with ThreadPoolExecutor(2) as executor:
-        parallel, parallel_grads, parallel_backward = gradients(
-            problem, shape, get_backend("numba"), executor)
+    parallel, parallel_grads, parallel_backward = gradients(
+        problem, shape, get_backend("numba"), SpinPool(1))
     np.testing.assert_array_equal(serial_grads, parallel_grads)
     for s in range(len(serial)):
         np.testing.assert_array_equal(serial[s].outputs, parallel[s].outputs)
@@ -194,6 +193,36 @@ def test_workspace_hands_out_views_of_kept_buffers():
     assert not np.shares_memory(more, workspace.empty(("a", 1), (9, 3), np.float32))
     assert workspace.empty(("a", 0), (9, 3), np.float64).dtype == np.float64
     assert workspace.empty(("a", 0), (4, 2), np.float64).shape == (4, 2)
+
+
+def test_workspace_zeros_are_zero_and_keyed_by_their_trailing_shape():
+    workspace = Workspace()
+    first = workspace.zeros(("z",), (4, 3), np.float32)
+    assert first.shape == (4, 3) and not first.any()
+    assert np.shares_memory(first, workspace.zeros(("z",), (2, 3), np.float32))
+    other = workspace.zeros(("z",), (4, 5), np.float32)
+    assert other.shape == (4, 5) and not np.shares_memory(first, other)
+    # An entry never changes trailing shape, so an earlier view stays valid.
+    assert np.shares_memory(first, workspace.zeros(("z",), (3, 3), np.float32))
+    assert workspace.nbytes == (4 * 3 + 4 * 5) * 4
+
+
+@pytest.mark.parametrize("backend_name", ["numba", "cython", "reference"])
+def test_kernels_leave_the_shared_zero_buffers_zero(backend_name):
+    # Zero initial states and the zero gradient of unread outputs come from
+    # buffers filled once (Workspace.zeros) and shared by every task and step:
+    # a kernel writing to one of its inputs would corrupt the next step.
+    shape = SHAPES["bi-2-proj"]
+    problem = dict(make_problem(shape, np.float32), h0=None, c0=None)
+    problem["h0"] = problem["c0"] = [None] * len(problem["shards"])
+    workspace = Workspace()
+    for _ in range(2):
+        gradients(problem, shape, get_backend(backend_name), workspace=workspace,
+                  output_gradients=False)
+    zeros = {key: array for key, array in workspace._arrays.items() if key[0] == "zeros"}
+    assert {key[1] for key in zeros} == {"h0", "c0", "dH", "dc_n"}
+    for key, array in zeros.items():
+        assert not array.any(), key
 
 
 @pytest.mark.parametrize("output_gradients", [True, False], ids=["d_outputs", "final-only"])
@@ -236,3 +265,25 @@ def test_final_states_are_read_at_each_sequence_end():
         last_row, first_row = offsets[length - 1] + j, offsets[0] + j
         np.testing.assert_array_equal(result.h_n[0, j], result.outputs[last_row, :hidden])
         np.testing.assert_array_equal(result.h_n[1, j], result.outputs[first_row, hidden:])
+
+
+def test_predictions_reuse_their_buffers_up_to_a_limit(monkeypatch):
+    import fastlstm._trainer as trainer
+    from fastlstm import LSTMClassifier
+
+    rng = np.random.default_rng(0)
+    X = [rng.standard_normal((int(n), 2)).astype(np.float32) for n in rng.integers(3, 9, 40)]
+    y = np.arange(40) % 3
+    clf = LSTMClassifier(hidden_size=4, max_epochs=2, n_jobs=2, random_state=0).fit(X, y)
+    first = clf.predict_proba(X)
+    kept = trainer._prediction_buffers.workspace
+    assert isinstance(kept, Workspace) and kept.nbytes > 0
+    saved = first.copy()
+    other = clf.predict_proba(X[:7][::-1])  # other lengths through the same buffers
+    assert trainer._prediction_buffers.workspace is kept
+    np.testing.assert_array_equal(first, saved)  # results are not views of the buffers
+    np.testing.assert_array_equal(clf.predict_proba(X), first)
+    np.testing.assert_array_equal(clf.predict_proba(X[:7][::-1]), other)
+    monkeypatch.setattr(trainer, "PREDICTION_WORKSPACE_BYTES", 0)
+    np.testing.assert_array_equal(clf.predict_proba(X), first)
+    assert trainer._prediction_buffers.workspace is None

@@ -188,3 +188,19 @@ def test_a_forked_child_gets_its_own_pool():
         pytest.fail("the forked child hung on the parent's pool")
     assert child.exitcode == 0
     assert queue.get(timeout=5) == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_a_thread_short_of_its_core_stops_the_spinning_for_a_while():
+    from fastlstm import _pool
+
+    pool = SpinPool(1, spin_ns=123_000)
+    assert pool._spin_budget() == 123_000
+    pool._note_core_share(wall_ns=10_000, cpu_ns=1_000)  # too short to tell
+    assert pool._spin_budget() == 123_000
+    pool._note_core_share(wall_ns=1_000_000, cpu_ns=950_000)  # had its core
+    assert pool._spin_budget() == 123_000
+    pool._note_core_share(wall_ns=1_000_000, cpu_ns=450_000)  # shared it
+    assert pool._spin_budget() == 0
+    for _ in range(_pool._NO_SPIN_PHASES):
+        _squares(pool, 2)  # tasks too short to report a shared core again
+    assert pool._spin_budget() == 123_000

@@ -19,6 +19,7 @@ from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.exceptions import NotFittedError
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
@@ -51,7 +52,7 @@ from ._weights import (
     parameter_shapes,
     unflatten,
 )
-from .preprocessing import SequenceScaler
+from .preprocessing import SequenceScaler, scale_stacked
 
 NORMALIZATIONS = ("zscore", "zerocenter", "rescale-symmetric", "rescale-zero-one")
 
@@ -301,10 +302,20 @@ class BaseLSTM(BaseEstimator, ABC):
     # -- inputs --------------------------------------------------------------------
 
     def _scaled(self, sequences, scaler):
+        """``sequences`` (from ``check_sequences``) normalised by ``scaler``.
+
+        They are checked already (2-D, finite, the model's dtype), so they are
+        normalised stacked, as one array, and handed back as row blocks of
+        it: one pass rather than one small pass and its checks per sequence
+        (20 us each, half a millisecond of a 27-sequence prediction).
+        """
         if scaler is None:
             return sequences
-        dtype = np.dtype(self.dtype)
-        return [np.ascontiguousarray(seq, dtype=dtype) for seq in scaler.transform(sequences)]
+        # scaler.transform, less its checks of the input (done) and its
+        # handling of NaN padding (none left): 150 us per call.
+        stacked = scale_stacked(scaler, np.concatenate(sequences)).astype(self.dtype, copy=False)
+        ends = np.cumsum([len(seq) for seq in sequences])
+        return [stacked[end - len(seq):end] for seq, end in zip(sequences, ends)]
 
     def _flat_weights(self, dtype=None):
         n_outputs = self.weights_["head.bias"].shape[0]
@@ -487,7 +498,7 @@ or list of array-like of shape (T_i,) or (T_i, n_outputs)
 
     def _outputs(self, X, *, h0=None, c0=None, return_states=False):
         """Output-layer values for X: one row per sequence, or per step."""
-        check_is_fitted(self)
+        _check_fitted(self)
         sequences, lengths = check_sequences(X, dtype=np.dtype(self.dtype),
                                              n_features=self.n_features_in_)
         sequences = self._scaled(sequences, self.scaler_)
@@ -654,6 +665,18 @@ def _check_n_targets(n_targets, n_sequences):
         raise ValueError(
             f"X has {n_sequences} sequences but y has {n_targets} targets; "
             "expected one target per sequence."
+        )
+
+
+def _check_fitted(estimator):
+    """``check_is_fitted(estimator)`` without scikit-learn's tags (50 us a call).
+
+    Every prediction starts with it; ``weights_`` is what fit leaves last.
+    """
+    if not hasattr(estimator, "weights_"):
+        raise NotFittedError(
+            f"This {type(estimator).__name__} instance is not fitted yet. Call 'fit' with "
+            "appropriate arguments before using this estimator."
         )
 
 

@@ -9,6 +9,8 @@ dtype; an array that already is one is used as it is (never written to, so
 read-only memory maps work), any other is copied once.
 """
 
+import functools
+
 import numpy as np
 from scipy import sparse
 
@@ -59,6 +61,12 @@ def _as_sequence_list(X):
     return list(X)
 
 
+@functools.lru_cache(maxsize=64)
+def _is_numeric(dtype):
+    # np.issubdtype takes microseconds, and predict asks once per sequence.
+    return np.issubdtype(dtype, np.number) or dtype.kind == "b"
+
+
 def check_sequences(X, *, dtype, n_features=None):
     """Validate and convert X into a list of C-contiguous float arrays.
 
@@ -94,7 +102,7 @@ def check_sequences(X, *, dtype, n_features=None):
             seq = np.asarray(seq)
         except ValueError as error:  # e.g. a ragged nested list inside one sequence
             raise ValueError(f"Sequence {index} of X is not a rectangular array: {error}") from None
-        if np.iscomplexobj(seq):
+        if seq.dtype.kind == "c":
             raise ValueError(f"Complex data not supported (sequence {index} of X).")
         if seq.dtype == object:  # numbers stored as objects, as check_array converts
             try:
@@ -103,9 +111,7 @@ def check_sequences(X, *, dtype, n_features=None):
                 raise TypeError(
                     f"Sequence {index} of X has dtype object with non-numeric elements: {error}"
                 ) from None
-        if not (
-            np.issubdtype(seq.dtype, np.number) or seq.dtype == bool
-        ):
+        if not _is_numeric(seq.dtype):
             raise TypeError(
                 f"Sequence {index} of X has dtype {seq.dtype}; expected numbers."
             )

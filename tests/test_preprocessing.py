@@ -116,6 +116,17 @@ def test_transform_equals_sklearn_scaler_on_stacked_frames(method):
         assert_allclose(scaler.data_max_, reference.data_max_)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("method", METHODS)
+def test_scaling_stacked_frames_equals_transform(method, dtype):
+    # The estimators scale their checked sequences stacked (scale_stacked):
+    # bit for bit what transform gives sequence by sequence.
+    X = [seq.astype(dtype) for seq in ragged(seed=2)]
+    scaler = SequenceScaler(method=method).fit(X)
+    stacked = fastlstm.preprocessing.scale_stacked(scaler, np.concatenate(X)).astype(dtype)
+    assert_array_equal(stacked, np.concatenate(scaler.transform(X)))
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_constant_feature_behaves_like_sklearn(method):
     X = ragged(seed=2)

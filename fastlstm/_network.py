@@ -400,20 +400,24 @@ def network_backward(params, grads, shape, shards, backend, forward_results, *,
             dX, shard_grads[f"weight_ih_{name}"], shard_grads[f"weight_hh_{name}"], d_bias,
             dW_proj, result.d_h0[stack], result.d_c0[stack],
         )
-        scratch_shapes = ((n_rows, GATES * hidden), (n_rows, state) if project else None,
-                          (batch_size, hidden) if project else None)
-        return before_dH, d_output_columns, after_dH, scratch_shapes, shard_grads[f"bias_hh_{name}"]
+        # Without projection, its workspaces are the (0, 0) stand-in saved["M"].
+        scratch_shapes = dict(dG=(n_rows, GATES * hidden))
+        if project:
+            scratch_shapes.update(dH_total=(n_rows, state), dM=(batch_size, hidden))
+        return (before_dH, d_output_columns, after_dH, scratch_shapes, saved["M"], d_bias,
+                shard_grads[f"bias_hh_{name}"])
 
-    def run(before_dH, d_output_columns, after_dH, scratch_shapes, d_bias_hh):
+    def run(before_dH, d_output_columns, after_dH, scratch_shapes, no_projection, d_bias,
+            d_bias_hh):
+        # Per-thread scratch: taken by the thread that runs the kernel.
         scratch = _scratch(workspace)
         dtype = d_output_columns.dtype
-        no_projection = before_dH[-1]  # M: the (0, 0) stand-in without projection
-        dG, dH_total, dM = (no_projection if shape_ is None else scratch(name, shape_, dtype)
-                            for name, shape_ in zip(("dG", "dH_total", "dM"), scratch_shapes))
+        dG, dH_total, dM = (scratch(name, scratch_shapes[name], dtype) if name in scratch_shapes
+                            else no_projection for name in ("dG", "dH_total", "dM"))
         backend.backward(*before_dH, np.ascontiguousarray(d_output_columns), *after_dH,
                          dG, dH_total, dM)
         # Both torch biases enter the gates as one sum, so they share a gradient.
-        d_bias_hh[:] = after_dH[5]
+        d_bias_hh[:] = d_bias
 
     d_layer_outputs = [None] * len(shards) if d_outputs is None else list(d_outputs)
     for layer in reversed(range(shape.num_layers)):

@@ -190,17 +190,39 @@ def test_a_forked_child_gets_its_own_pool():
     assert queue.get(timeout=5) == [1.0, 2.0, 3.0, 4.0]
 
 
-def test_a_thread_short_of_its_core_stops_the_spinning_for_a_while():
+def _threads_used(pool, n_tasks=2):
+    threads = set()
+    never = np.zeros(1, dtype=np.int64)
+
+    def task():
+        threads.add(threading.get_ident())
+        # 2 ms on the CPU without the GIL: long enough for the other thread
+        # to take the other task, and not short of a core (on an idle machine).
+        _spin.spin_until(never, 0, 1, 2_000_000)
+
+    pool.run(task, [() for _ in range(n_tasks)])
+    return threads
+
+
+@pytest.mark.skipif(not _spin.CAN_SPIN, reason="the tasks burn CPU by spinning")
+def test_a_thread_short_of_its_core_stops_spinning_and_short_phases_run_serially():
     from fastlstm import _pool
 
     pool = SpinPool(1, spin_ns=123_000)
     assert pool._spin_budget() == 123_000
     pool._note_core_share(wall_ns=10_000, cpu_ns=1_000)  # too short to tell
-    assert pool._spin_budget() == 123_000
+    assert pool._spin_budget() == 123_000 and pool._serial_phases_left == 0
     pool._note_core_share(wall_ns=1_000_000, cpu_ns=950_000)  # had its core
-    assert pool._spin_budget() == 123_000
-    pool._note_core_share(wall_ns=1_000_000, cpu_ns=450_000)  # shared it
-    assert pool._spin_budget() == 0
+    assert pool._spin_budget() == 123_000 and pool._serial_phases_left == 0
+    # A long task that shared its core: no spinning, but still two threads.
+    pool._note_core_share(wall_ns=50_000_000, cpu_ns=20_000_000)
+    assert pool._spin_budget() == 0 and pool._serial_phases_left == 0
+    # A short one: its phases go to the calling thread alone, for a while.
+    pool._note_core_share(wall_ns=1_000_000, cpu_ns=450_000)
+    assert pool._serial_phases_left == _pool._NO_SPIN_PHASES
     for _ in range(_pool._NO_SPIN_PHASES):
-        _squares(pool, 2)  # tasks too short to report a shared core again
-    assert pool._spin_budget() == 123_000
+        assert _threads_used(pool) == {threading.get_ident()}
+    assert pool._serial_phases_left == 0
+    # Then two threads again (a phase that finds its threads short of their
+    # cores, on a loaded machine, may start another serial window).
+    assert any(len(_threads_used(pool)) == 2 for _ in range(3 * _pool._NO_SPIN_PHASES))

@@ -476,7 +476,9 @@ class DeviceTrainer(Trainer):
                                direction * state, dh_n, 0, 0, size, state)
                 else:
                     dh_n = zeros_h
-                dX = cuda.device_array(layer_input.shape, dtype=dtype)
+                # Nothing reads the first layer's input gradient: 0 rows skips it.
+                dX = cuda.device_array((layer_input.shape[0] if layer > 0 else 0,
+                                        layer_input.shape[1]), dtype=dtype)
                 cuda_lstm.backward(
                     layer_input, shard.batch_sizes, P[f"weight_ih_{name}"],
                     P[f"weight_hh_{name}"], None, no_proj, zeros_h, zeros_c, direction == 1,
@@ -492,6 +494,8 @@ class DeviceTrainer(Trainer):
                 _pointwise(K.copy_block, n_bias, grads[f"bias_ih_{name}"].reshape((1, n_bias)),
                            0, 0, grads[f"bias_hh_{name}"].reshape((1, n_bias)), 0, 0, 1, n_bias)
                 parts.append(dX)
+            if layer == 0:
+                break
             if n_dir == 2:
                 _pointwise(K.add_into, parts[0].size, parts[0].reshape(parts[0].size),
                            parts[1].reshape(parts[1].size), parts[0].reshape(parts[0].size),

@@ -209,16 +209,26 @@ def test_a_thread_short_of_its_core_stops_spinning_and_short_phases_run_serially
     from fastlstm import _pool
 
     pool = SpinPool(1, spin_ns=123_000)
+    caller = pool.n_workers
+
+    def report(wall_ns, cpu_ns, thread=caller, times=2):
+        for _ in range(times):
+            pool._note_core_share(thread, wall_ns=wall_ns, cpu_ns=cpu_ns)
+
     assert pool._spin_budget() == 123_000
-    pool._note_core_share(wall_ns=10_000, cpu_ns=1_000)  # too short to tell
+    report(10_000, 1_000)  # too short to tell
+    report(1_000_000, 950_000)  # had its core
     assert pool._spin_budget() == 123_000 and pool._serial_phases_left == 0
-    pool._note_core_share(wall_ns=1_000_000, cpu_ns=950_000)  # had its core
+    # Once is a hiccup; once on each thread too.
+    report(1_000_000, 300_000, times=1)
+    report(1_000_000, 300_000, thread=0, times=1)
     assert pool._spin_budget() == 123_000 and pool._serial_phases_left == 0
-    # A long task that shared its core: no spinning, but still two threads.
-    pool._note_core_share(wall_ns=50_000_000, cpu_ns=20_000_000)
+    report(1_000_000, 950_000)
+    # Two long tasks in a row that shared their core: no spinning, still two threads.
+    report(50_000_000, 20_000_000)
     assert pool._spin_budget() == 0 and pool._serial_phases_left == 0
-    # A short one: its phases go to the calling thread alone, for a while.
-    pool._note_core_share(wall_ns=1_000_000, cpu_ns=450_000)
+    # Short ones: their phases go to the calling thread alone, for a while.
+    report(1_000_000, 450_000)
     assert pool._serial_phases_left == _pool._NO_SPIN_PHASES
     for _ in range(_pool._NO_SPIN_PHASES):
         assert _threads_used(pool) == {threading.get_ident()}

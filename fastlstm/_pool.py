@@ -36,15 +36,12 @@ from ._spin import (
 # network's training step (0.1-0.3 ms), short enough not to matter on a busy
 # core.
 SPIN_NS = 300_000
-# Tasks of at least this long that got less than this share of a core tell
-# that its thread shares the core with another process: then no thread spins
-# for the next phases (see SpinPool._note_core_share).
+# Two tasks in a row of at least this long that got less than this share of
+# a core tell that their thread shares the core with another process: then
+# no thread spins, for a while (see SpinPool._note_core_share).
 _SHARED_CORE_MIN_NS = 100_000
 _SHARED_CORE_CPU_SHARE = 0.7
-_NO_SPIN_PHASES = 100
-# Phases whose starved task was shorter than this then run on one thread;
-# longer ones average the other process's time slices out and still gain.
-_SHORT_TASK_NS = 5_000_000
+_CAUTIOUS_NS = 50_000_000
 # How long a worker that has seen its start signal waits before it takes the
 # GIL, which the caller still holds while it calls its own first kernel.
 SETTLE_NS = 5_000
@@ -90,8 +87,8 @@ class SpinPool:
         self._job = None
         self._errors = [None] * n_workers
         self._phase = 0
-        self._no_spin_before_phase = 0
-        self._serial_phases_left = 0
+        # perf_counter_ns() time until which no thread spins (see _note_core_share).
+        self._no_spin_until = 0
         self._starved = [False] * (n_workers + 1)  # last task of each worker, and the caller
         self._busy = threading.Lock()
         for worker in range(n_workers):
@@ -113,10 +110,6 @@ class SpinPool:
                     return
                 function(*tasks[index])
 
-        if self._serial_phases_left > 0:  # see _note_core_share
-            self._serial_phases_left -= 1
-            work()
-            return
         if len(tasks) < 2 or not self._busy.acquire(blocking=False):
             work()
             return
@@ -171,19 +164,23 @@ class SpinPool:
                                   time.thread_time_ns() - cpu)
 
     def _note_core_share(self, thread, wall_ns, cpu_ns):
-        """Stop spinning, and run short phases on one thread, if a task got less than its core.
+        """Stop spinning for a while if a thread got less than its core.
 
         Such a thread shares its core with another busy process (measured:
         the caller got 45 % of its core in W1 steps with the other core
         busy). Spinning then keeps the other core occupied when it could take
         one of the two, and the scheduler makes the spinner pay its spun time
         back during its next task: W1 steps took 4.4 ms spinning, 3.3 ms
-        without. And a phase ends with its last task, so one thread waiting
-        out another process's time slice holds up the phase: short phases then
-        run faster on the calling thread alone (W1 steps with the other core
-        busy, in one process: 2.98 ms so, 3.06 ms with ``n_jobs=1``, 3.41 ms
-        on two threads through ``ThreadPoolExecutor``). After
-        ``_NO_SPIN_PHASES`` phases the pool tries again.
+        without. After ``_CAUTIOUS_NS`` the pool spins again if its threads
+        have their cores: the other process may have stopped (an OpenMP
+        runtime's threads, for one, spin for a while after their work, then
+        sleep).
+
+        Running the phases on one thread instead was tried: with another
+        process busy on a core it won 10 % (W1 steps 2.98 ms, two threads
+        3.41, ``n_jobs=1`` 3.06), but right after PyTorch's OpenMP threads
+        had worked in the same process it lost 15-25 % (W1 2.81 against
+        2.47 ms, W2 2.58 against 2.07), so the pool keeps its threads.
 
         ``thread`` is the worker's index, or ``n_workers`` for the caller.
         Only two tasks in a row short of their core, on the same thread,
@@ -195,13 +192,13 @@ class SpinPool:
             return
         starved = cpu_ns < _SHARED_CORE_CPU_SHARE * wall_ns
         if starved and self._starved[thread]:
-            self._no_spin_before_phase = self._phase + _NO_SPIN_PHASES
-            if wall_ns < _SHORT_TASK_NS:
-                self._serial_phases_left = _NO_SPIN_PHASES
+            self._no_spin_until = time.perf_counter_ns() + _CAUTIOUS_NS
         self._starved[thread] = starved
 
     def _spin_budget(self):
-        return 0 if self._phase < self._no_spin_before_phase else self._spin_ns
+        if self._no_spin_until and time.perf_counter_ns() < self._no_spin_until:
+            return 0
+        return self._spin_ns
 
     def _wait(self, flags, sleeping, wakeups, worker, target, *, spin=True):
         """Return once ``flags[worker] >= target``: spin first, then sleep.

@@ -36,12 +36,16 @@ from ._spin import (
 # network's training step (0.1-0.3 ms), short enough not to matter on a busy
 # core.
 SPIN_NS = 300_000
-# Two tasks in a row of at least this long that got less than this share of
-# a core tell that their thread shares the core with another process: then
-# no thread spins, for a while (see SpinPool._note_core_share).
+# Tasks of at least this long that got less than this share of a core tell
+# that their thread shares the core with another process; when many do, the
+# pool stops spinning, then runs phases on one thread, for a while (see
+# SpinPool._note_core_share).
 _SHARED_CORE_MIN_NS = 100_000
 _SHARED_CORE_CPU_SHARE = 0.7
-_CAUTIOUS_NS = 50_000_000
+_STARVED_DECAY = 0.75
+_NO_SPIN_RATE = 0.4
+_SERIAL_RATE = 0.6
+_CAUTIOUS_NS = 10_000_000
 # How long a worker that has seen its start signal waits before it takes the
 # GIL, which the caller still holds while it calls its own first kernel.
 SETTLE_NS = 5_000
@@ -87,9 +91,11 @@ class SpinPool:
         self._job = None
         self._errors = [None] * n_workers
         self._phase = 0
-        # perf_counter_ns() time until which no thread spins (see _note_core_share).
+        # perf_counter_ns() times until which no thread spins, and until
+        # which phases run on the calling thread only (see _note_core_share).
         self._no_spin_until = 0
-        self._starved = [False] * (n_workers + 1)  # last task of each worker, and the caller
+        self._serial_until = 0
+        self._starved_rate = [0.0] * (n_workers + 1)  # each worker's, then the caller's
         self._busy = threading.Lock()
         for worker in range(n_workers):
             threading.Thread(target=self._serve, args=(worker,), name=f"fastlstm-{worker}",
@@ -110,6 +116,9 @@ class SpinPool:
                     return
                 function(*tasks[index])
 
+        if self._serial_until and time.perf_counter_ns() < self._serial_until:
+            work()  # see _note_core_share
+            return
         if len(tasks) < 2 or not self._busy.acquire(blocking=False):
             work()
             return
@@ -164,36 +173,43 @@ class SpinPool:
                                   time.thread_time_ns() - cpu)
 
     def _note_core_share(self, thread, wall_ns, cpu_ns):
-        """Stop spinning for a while if a thread got less than its core.
+        """Stop spinning, then run phases on one thread, while threads get less than their core.
 
         Such a thread shares its core with another busy process (measured:
-        the caller got 45 % of its core in W1 steps with the other core
-        busy). Spinning then keeps the other core occupied when it could take
-        one of the two, and the scheduler makes the spinner pay its spun time
-        back during its next task: W1 steps took 4.4 ms spinning, 3.3 ms
-        without. After ``_CAUTIOUS_NS`` the pool spins again if its threads
-        have their cores: the other process may have stopped (an OpenMP
-        runtime's threads, for one, spin for a while after their work, then
-        sleep).
+        the caller got 51 % of its core in W1 steps with the other core
+        busy, in 84 % of its tasks). Spinning then keeps the other core
+        occupied when it could take one of the two, and the scheduler makes
+        the spinner pay its spun time back during its next task: W1 steps
+        took 4.4 ms spinning, 3.3 ms without. And a phase ends with its last
+        task, so a thread that waits out the other process's time slices
+        holds up the whole phase: on the calling thread alone the phases run
+        about as fast as with ``n_jobs=1`` (W1 steps in one process, the
+        other core busy: 2.77 ms so, 2.69 ms with ``n_jobs=1``, 2.96 ms on
+        two threads through ``ThreadPoolExecutor``; W2 3.41, 3.28, 3.74 ms).
 
-        Running the phases on one thread instead was tried: with another
-        process busy on a core it won 10 % (W1 steps 2.98 ms, two threads
-        3.41, ``n_jobs=1`` 3.06), but right after PyTorch's OpenMP threads
-        had worked in the same process it lost 15-25 % (W1 2.81 against
-        2.47 ms, W2 2.58 against 2.07), so the pool keeps its threads.
-
-        ``thread`` is the worker's index, or ``n_workers`` for the caller.
-        Only two tasks in a row short of their core, on the same thread,
-        count: on a virtual machine a single task now and then loses part of
-        its core to the host (a few W1 phases in a thousand on the project
-        machine).
+        Each thread keeps a running rate of its tasks short of their core
+        (``_STARVED_DECAY``), since on a virtual machine a task now and then
+        loses part of its core to the host: above ``_NO_SPIN_RATE`` (two in
+        a row) the pool stops spinning, above ``_SERIAL_RATE`` (four in a
+        row) it also runs its phases on the calling thread, both for
+        ``_CAUTIOUS_NS``, then tries again. The window is short because the
+        competition can be brief, and then two threads still win: right
+        after PyTorch's OpenMP threads worked in the same process, 39 % of
+        the caller's W1 tasks were short of their core, and W1 steps took
+        2.66 ms with this rule against 2.21 ms on two threads throughout
+        (W2: 1.99 against 1.95 ms). ``thread`` is the worker's index, or
+        ``n_workers`` for the caller.
         """
         if wall_ns < _SHARED_CORE_MIN_NS:
             return
-        starved = cpu_ns < _SHARED_CORE_CPU_SHARE * wall_ns
-        if starved and self._starved[thread]:
-            self._no_spin_until = time.perf_counter_ns() + _CAUTIOUS_NS
-        self._starved[thread] = starved
+        starved = 1.0 if cpu_ns < _SHARED_CORE_CPU_SHARE * wall_ns else 0.0
+        rate = self._starved_rate[thread] = (
+            _STARVED_DECAY * self._starved_rate[thread] + (1 - _STARVED_DECAY) * starved)
+        if rate > _NO_SPIN_RATE:
+            until = time.perf_counter_ns() + _CAUTIOUS_NS
+            self._no_spin_until = until
+            if rate > _SERIAL_RATE:
+                self._serial_until = until
 
     def _spin_budget(self):
         if self._no_spin_until and time.perf_counter_ns() < self._no_spin_until:

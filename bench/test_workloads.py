@@ -42,6 +42,9 @@ JV_EPOCHS, JV_QUICK_EPOCHS = 100, 10
 JV_TORCH_DEADLINE_S, JV_TORCH_QUICK_DEADLINE_S = 30.0, 8.0
 
 
+QUIET_S = 0.3
+
+
 def run_budgeted(benchmark, function, *, max_rounds, warmup_rounds, iterations=1,
                  budget_s=ENTRY_BUDGET_S, min_rounds=MIN_ROUNDS):
     """``benchmark.pedantic`` with as many rounds as fit the time budget.
@@ -49,6 +52,11 @@ def run_budgeted(benchmark, function, *, max_rounds, warmup_rounds, iterations=1
     The warm-up rounds run here, timed, and their median sets the number of
     measured rounds: ``max_rounds`` at most, ``min_rounds`` at least.
     """
+    # The previous entry's threads go idle first: PyTorch's OpenMP threads
+    # keep spinning for a while after their work, and a fastlstm entry right
+    # after a PyTorch one found its threads short of their cores (and so ran
+    # on one thread, see fastlstm/_pool.py). Every entry waits alike.
+    time.sleep(QUIET_S)
     warm = []
     for _ in range(max(warmup_rounds, 1)):
         start = time.perf_counter()

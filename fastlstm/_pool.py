@@ -45,7 +45,7 @@ _SHARED_CORE_CPU_SHARE = 0.7
 _STARVED_DECAY = 0.75
 _NO_SPIN_RATE = 0.4
 _SERIAL_RATE = 0.6
-_CAUTIOUS_NS = 10_000_000
+_CAUTIOUS_NS = 50_000_000
 # How long a worker that has seen its start signal waits before it takes the
 # GIL, which the caller still holds while it calls its own first kernel.
 SETTLE_NS = 5_000
@@ -184,21 +184,21 @@ class SpinPool:
         task, so a thread that waits out the other process's time slices
         holds up the whole phase: on the calling thread alone the phases run
         about as fast as with ``n_jobs=1`` (W1 steps in one process, the
-        other core busy: 2.77 ms so, 2.69 ms with ``n_jobs=1``, 2.96 ms on
-        two threads through ``ThreadPoolExecutor``; W2 3.41, 3.28, 3.74 ms).
+        other core busy: 3.67 ms so, 3.87 ms with ``n_jobs=1``, 4.13 ms on
+        two threads through ``ThreadPoolExecutor``; W2 3.61, 3.56, 4.20 ms).
 
         Each thread keeps a running rate of its tasks short of their core
         (``_STARVED_DECAY``), since on a virtual machine a task now and then
         loses part of its core to the host: above ``_NO_SPIN_RATE`` (two in
         a row) the pool stops spinning, above ``_SERIAL_RATE`` (four in a
         row) it also runs its phases on the calling thread, both for
-        ``_CAUTIOUS_NS``, then tries again. The window is short because the
-        competition can be brief, and then two threads still win: right
-        after PyTorch's OpenMP threads worked in the same process, 39 % of
-        the caller's W1 tasks were short of their core, and W1 steps took
-        2.66 ms with this rule against 2.21 ms on two threads throughout
-        (W2: 1.99 against 1.95 ms). ``thread`` is the worker's index, or
-        ``n_workers`` for the caller.
+        ``_CAUTIOUS_NS``, then tries again. This rule has a cost where the
+        competition is brief: right after PyTorch's OpenMP threads worked in
+        the same process, 39 % of the caller's W1 tasks were short of their
+        core, and W1 steps in blocks between PyTorch's took 4.12 ms with
+        it, 2.31 ms on two threads throughout (W2: 2.32 and 2.17 ms); a
+        machine shared with another busy process is the common case.
+        ``thread`` is the worker's index, or ``n_workers`` for the caller.
         """
         if wall_ns < _SHARED_CORE_MIN_NS:
             return

@@ -601,7 +601,8 @@ def network_outputs(flat_params, shapes, net_shape, sequences, lengths, backend,
             initial_h = None if h0 is None else [h0[:, shard.order] for shard in shards]
             initial_c = None if c0 is None else [c0[:, shard.order] for shard in shards]
             forward = network_forward(params, net_shape, shards, backend, h0=initial_h,
-                                      c0=initial_c, executor=executor, workspace=workspace)
+                                      c0=initial_c, executor=executor, workspace=workspace,
+                                      for_backward=False)
             for shard, result in zip(shards, forward):
                 if per_step:
                     outputs[shard.target_rows] = _head_forward(params, result.outputs)

@@ -63,3 +63,23 @@ def run_direction(backend, batch, layer, reverse, gate_kind, state_kind, dH, dh_
         _nan((batch_size, hidden), dtype) if project else M,
     )
     return dict(H=H, h_n=h_n, c_n=c_n, **grads)
+
+
+def run_forward(backend, batch, layer, reverse, gate_kind, state_kind, keep):
+    """Forward through one direction; with ``keep=False``, Hprev, Cprev and TC
+    get 0 rows (prediction: nothing saved for a backward pass)."""
+    dtype = batch.X.dtype
+    n_rows = batch.X.shape[0]
+    batch_size, state = layer["h0"].shape
+    hidden = layer["c0"].shape[1]
+    project = layer["W_proj"].shape[0] > 0
+    kept = n_rows if keep else 0
+    H, gates = _nan((n_rows, state), dtype), _nan((n_rows, 4 * hidden), dtype)
+    M = _nan((n_rows, hidden), dtype) if project else layer["W_proj"]
+    h_n, c_n = _nan((batch_size, state), dtype), _nan((batch_size, hidden), dtype)
+    backend.forward(batch.X, batch.batch_sizes, layer["W"], layer["R"], layer["bias"],
+                    layer["W_proj"], layer["h0"], layer["c0"], reverse, gate_kind, state_kind,
+                    H, _nan((kept, state), dtype), _nan((kept, hidden), dtype),
+                    _nan((kept, hidden), dtype), gates, M, h_n, c_n,
+                    _nan((batch_size + batch.X.shape[1] + state, 4 * hidden), dtype))
+    return dict(H=H, h_n=h_n, c_n=c_n, gates=gates)

@@ -24,7 +24,7 @@ from fastlstm._kernels import cuda_lstm
 from fastlstm._network import NetworkShape, network_backward, network_forward
 from fastlstm._weights import init_parameters, parameter_shapes, unflatten
 
-from _lstm_cases import random_layer, random_packed_batch, run_direction
+from _lstm_cases import random_layer, random_packed_batch, run_direction, run_forward
 
 SIMULATED = bool(config.ENABLE_CUDASIM)
 if SIMULATED:
@@ -100,6 +100,19 @@ def test_direction_matches_reference(dtype, reverse, variant):
     gate_kind, state_kind, proj_size = variant
     compare_direction("cuda", dtype, reverse, gate_kind, state_kind, RAGGED,
                       proj_size=proj_size, seed=10 * reverse + gate_kind)
+
+
+@pytest.mark.parametrize("proj_size", [0, 2], ids=["no-proj", "proj"])
+def test_forward_without_saved_states_gives_the_same_outputs(proj_size):
+    # Prediction passes Hprev, Cprev and TC with 0 rows (nothing kept).
+    rng = np.random.default_rng(proj_size)
+    batch = random_packed_batch(rng, RAGGED, 3, np.float32)
+    layer = random_layer(rng, 3, 4, len(RAGGED), np.float32, proj_size=proj_size)
+    backend = get_backend("cuda")
+    kept = run_forward(backend, batch, layer, True, 0, 0, keep=True)
+    not_kept = run_forward(backend, batch, layer, True, 0, 0, keep=False)
+    for name, value in kept.items():
+        np.testing.assert_array_equal(not_kept[name], value, err_msg=name)
 
 
 @pytest.mark.parametrize("lengths", [[3, 3], [5], [1, 1, 1]], ids=["equal", "single", "all-ones"])

@@ -7,7 +7,7 @@ import pytest
 
 from fastlstm._backends import get_backend
 
-from _lstm_cases import random_layer, random_packed_batch, run_direction
+from _lstm_cases import random_layer, random_packed_batch, run_direction, run_forward
 
 COMPILED_BACKENDS = ["numba", "cython"]
 
@@ -79,3 +79,24 @@ def test_kernels_leave_inputs_untouched(backend_name):
     np.testing.assert_array_equal(batch.X, X_before)
     for name, value in before.items():
         np.testing.assert_array_equal(layer[name], value)
+
+
+@pytest.mark.parametrize("backend_name", COMPILED_BACKENDS + ["reference"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS.keys())
+def test_forward_without_saved_states_gives_the_same_outputs(backend_name, dtype, reverse,
+                                                             variant):
+    # Prediction passes Hprev, Cprev and TC with 0 rows: nothing is kept for
+    # a backward pass, and every output must be what it is otherwise.
+    gate_kind, state_kind, proj_size = variant
+    rng = np.random.default_rng(3)
+    lengths = LENGTH_CASES["ragged"]
+    batch = random_packed_batch(rng, lengths, 3, dtype)
+    layer = random_layer(rng, 3, 5, len(lengths), dtype, proj_size=proj_size)
+    backend = get_backend(backend_name)
+    kept = run_forward(backend, batch, layer, reverse, gate_kind, state_kind, keep=True)
+    not_kept = run_forward(backend, batch, layer, reverse, gate_kind, state_kind, keep=False)
+    for name in ("H", "h_n", "c_n") + (("gates",) if backend_name != "reference" else ()):
+        np.testing.assert_array_equal(not_kept[name], kept[name], err_msg=name)
+        assert not np.isnan(kept[name]).any(), name

@@ -275,13 +275,14 @@ def kernels(dtype_name, tile=None):
 
     @cuda.jit
     def gates_forward(gates, bias, h_state, c_state, Hprev, Cprev, TC, M, offset,
-                      n_active, hidden, state, project, gate_kind, state_kind):
+                      n_active, hidden, state, project, gate_kind, state_kind, keep):
         """One step's pointwise work: thread (r, k) for active row r, unit k.
 
         ``gates[offset + r]`` holds the input and recurrent parts of the gate
         pre-activations on entry and the activated gates on exit. ``M`` is
         the projection's input, or ``H`` itself without projection, when the
-        running hidden state ``h_state`` is updated here as well.
+        running hidden state ``h_state`` is updated here as well. Without
+        ``keep``, ``Hprev``, ``Cprev`` and ``TC`` are not written.
         """
         index = cuda.grid(1)
         if index >= n_active * hidden:
@@ -292,10 +293,11 @@ def kernels(dtype_name, tile=None):
         # Each thread saves its own columns of the entering hidden state;
         # without projection (state == hidden) that is column k alone, which
         # this same thread overwrites below.
-        for j in range(k, state, hidden):
-            Hprev[row, j] = h_state[r, j]
         c = c_state[r, k]
-        Cprev[row, k] = c
+        if keep:
+            for j in range(k, state, hidden):
+                Hprev[row, j] = h_state[r, j]
+            Cprev[row, k] = c
         i_gate = gate_activation(gates[row, k] + bias[k], gate_kind)
         f_gate = gate_activation(gates[row, hidden + k] + bias[hidden + k], gate_kind)
         g_gate = state_activation(gates[row, 2 * hidden + k] + bias[2 * hidden + k],
@@ -308,7 +310,8 @@ def kernels(dtype_name, tile=None):
         c = f_gate * c + i_gate * g_gate
         act_c = state_activation(c, state_kind)
         c_state[r, k] = c
-        TC[row, k] = act_c
+        if keep:
+            TC[row, k] = act_c
         m = o_gate * act_c
         M[row, k] = m
         if not project:
@@ -514,11 +517,16 @@ def _forward(K, X, batch_sizes, W, R, bias, W_proj, h0, c0, reverse, gate_kind, 
     batch_size, state = h0.shape
     hidden = c0.shape[1]
     project = W_proj.shape[0] > 0
+    # Hprev, Cprev and TC with 0 rows: not kept (no backward pass follows).
+    keep = Hprev.shape[0] > 0 or n_rows == 0
     d_X, d_W, d_R, d_bias = io.input(X), io.input(W), io.input(R), io.input(bias)
     d_h0, d_c0 = io.input(h0), io.input(c0)
     d_W_proj = io.input(W_proj) if project else None
-    d_H, d_Hprev, d_Cprev = io.output(H), io.output(Hprev), io.output(Cprev)
-    d_TC, d_gates = io.output(TC), io.output(gates)
+    d_H, d_gates = io.output(H), io.output(gates)
+    if keep:
+        d_Hprev, d_Cprev, d_TC = io.output(Hprev), io.output(Cprev), io.output(TC)
+    else:
+        d_Hprev = d_Cprev = d_TC = d_gates  # never written: keep is False
     d_M = io.output(M) if project else d_H
     d_h_n, d_c_n = io.output(h_n), io.output(c_n)
 
@@ -537,7 +545,8 @@ def _forward(K, X, batch_sizes, W, R, bias, W_proj, h0, c0, reverse, gate_kind, 
                     trans_b=True, accumulate=True)
         _pointwise(K.gates_forward, n_active * hidden,
                    d_gates, d_bias, d_h_n, d_c_n, d_Hprev, d_Cprev, d_TC, d_M, offset,
-                   n_active, hidden, state, int(project), int(gate_kind), int(state_kind))
+                   n_active, hidden, state, int(project), int(gate_kind), int(state_kind),
+                   int(keep))
         if project:
             launch_gemm(K, d_M, d_W_proj, d_H, n_active, state, hidden, a_off=offset,
                         c_off=offset, trans_b=True)

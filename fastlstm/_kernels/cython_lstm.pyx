@@ -453,9 +453,9 @@ cdef void _forward_pass(
     int gate_kind,
     int state_kind,
     floating *H,                # OUT [N, P]
-    floating *Hprev,            # OUT [N, P]
-    floating *Cprev,            # OUT [N, H]
-    floating *TC,               # OUT [N, H]
+    floating *Hprev,            # OUT [N, P], or NULL: not kept
+    floating *Cprev,            # OUT [N, H], or NULL: not kept
+    floating *TC,               # OUT [N, H], or [B, H] scratch when Hprev is NULL
     floating *gates,            # OUT [N, 4H]
     floating *M,                # OUT [N, H], or NULL without projection
     floating *h_n,              # OUT [B, P]
@@ -471,6 +471,7 @@ cdef void _forward_pass(
     cdef Py_ssize_t n_gates = 4 * hidden
     cdef Py_ssize_t step, t, n_active, offset
     cdef bint project = W_proj != NULL
+    cdef bint keep = Hprev != NULL
     cdef floating *m
     # The GEMMs below multiply by W^T and R^T. BLAS reads a transposed
     # operand in place; the own GEMM wants it row-contiguous, so with a
@@ -501,13 +502,15 @@ cdef void _forward_pass(
         # The recurrent GEMM on the active rows only, added to the input part.
         _gemm(False, not transposed, n_active, n_gates, state, 1, h_n, state, R_op, ld_R,
               1, gates + offset * n_gates, n_gates)
-        _copy(n_active * state, h_n, Hprev + offset * state)
-        _copy(n_active * hidden, c_n, Cprev + offset * hidden)
+        if keep:
+            _copy(n_active * state, h_n, Hprev + offset * state)
+            _copy(n_active * hidden, c_n, Cprev + offset * hidden)
         # The unprojected hidden state goes straight to the outputs, or to M
         # for the projection GEMM.
         m = (M if project else H) + offset * hidden
         _cell_forward_dispatch(n_active, hidden, gates + offset * n_gates, bias,
-                               c_n, TC + offset * hidden, m, gate_kind, state_kind)
+                               c_n, TC + offset * hidden if keep else TC, m, gate_kind,
+                               state_kind)
         if project:
             _gemm(False, True, n_active, state, hidden, 1, m, hidden, W_proj, hidden,
                   0, h_n, state)
@@ -762,9 +765,17 @@ def forward(
                   W.shape[0], W.shape[1], R.shape[0], R.shape[1], bias.shape[0],
                   W_proj.shape[0], W_proj.shape[1], c0.shape[0], gate_kind, state_kind)
     _check_shape("H", H.shape[0], H.shape[1], n_rows, state)
-    _check_shape("Hprev", Hprev.shape[0], Hprev.shape[1], n_rows, state)
-    _check_shape("Cprev", Cprev.shape[0], Cprev.shape[1], n_rows, hidden)
-    _check_shape("TC", TC.shape[0], TC.shape[1], n_rows, hidden)
+    # Hprev, Cprev and TC with 0 rows: not kept (no backward pass follows).
+    cdef bint keep = Hprev.shape[0] > 0 or n_rows == 0
+    if keep:
+        _check_shape("Hprev", Hprev.shape[0], Hprev.shape[1], n_rows, state)
+        _check_shape("Cprev", Cprev.shape[0], Cprev.shape[1], n_rows, hidden)
+        _check_shape("TC", TC.shape[0], TC.shape[1], n_rows, hidden)
+    elif Cprev.shape[0] != 0 or TC.shape[0] != 0:
+        raise ValueError(
+            "Hprev has 0 rows (states not kept), so Cprev and TC must have 0 rows too; got "
+            f"{Cprev.shape[0]} and {TC.shape[0]}."
+        )
     _check_shape("gates", gates.shape[0], gates.shape[1], n_rows, 4 * hidden)
     _check_shape("h_n", h_n.shape[0], h_n.shape[1], batch_size, state)
     _check_shape("c_n", c_n.shape[0], c_n.shape[1], batch_size, hidden)
@@ -791,9 +802,10 @@ def forward(
             &W[0, 0] if n_in > 0 else NULL, &R[0, 0], &bias[0], W_proj_ptr,
             &h0[0, 0], &c0[0, 0], reverse, gate_kind, state_kind,
             &H[0, 0] if n_rows > 0 else NULL,
-            &Hprev[0, 0] if n_rows > 0 else NULL,
-            &Cprev[0, 0] if n_rows > 0 else NULL,
-            &TC[0, 0] if n_rows > 0 else NULL,
+            &Hprev[0, 0] if n_rows > 0 and keep else NULL,
+            &Cprev[0, 0] if n_rows > 0 and keep else NULL,
+            # Not kept, TC goes to the first B rows of work, free here.
+            (&TC[0, 0] if keep else &work[0, 0]) if n_rows > 0 else NULL,
             &gates[0, 0] if n_rows > 0 else NULL,
             M_ptr, &h_n[0, 0], &c_n[0, 0], weights_t,
             n_rows, n_steps, batch_size, n_in, hidden, state,

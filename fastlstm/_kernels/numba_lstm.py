@@ -147,11 +147,13 @@ def lstm_forward(
         IN. Gate and state activations.
     H : ndarray of shape (N, P)
         OUT. Hidden state after every step (the layer's output).
-    Hprev : ndarray of shape (N, P)
-        OUT. Hidden state entering every step (kept for backward).
-    Cprev : ndarray of shape (N, H)
+    Hprev : ndarray of shape (N, P), or with 0 rows
+        OUT. Hidden state entering every step (kept for backward). With 0
+        rows (prediction: no backward pass follows), ``Hprev``, ``Cprev``
+        and ``TC`` are not kept.
+    Cprev : ndarray of shape (N, H), or with 0 rows
         OUT. Cell state entering every step (kept for backward).
-    TC : ndarray of shape (N, H)
+    TC : ndarray of shape (N, H), or with 0 rows
         OUT. State activation of the cell state after every step.
     gates : ndarray of shape (N, 4H)
         OUT. Activated gates i, f, g, o of every step (kept for backward).
@@ -173,6 +175,7 @@ def lstm_forward(
     n_rows = X.shape[0]
     project = W_proj.shape[0] > 0
     batch_size = h0.shape[0]
+    keep = Hprev.shape[0] > 0 or n_rows == 0
     # The own GEMM (float32) wants W^T and R^T row-contiguous: transpose them
     # once for all steps. BLAS (float64) reads the transposes in place.
     transposed = X.itemsize == 4
@@ -207,8 +210,9 @@ def lstm_forward(
                 np.dot(h_n[:n_active], R_t, work[:n_active])
         else:
             np.dot(h_n[:n_active], R.T, work[:n_active])
-        Hprev[offset:offset + n_active] = h_n[:n_active]
-        Cprev[offset:offset + n_active] = c_n[:n_active]
+        if keep:
+            Hprev[offset:offset + n_active] = h_n[:n_active]
+            Cprev[offset:offset + n_active] = c_n[:n_active]
         for r in range(n_active):
             row = offset + r
             g_row = gates[row]
@@ -219,7 +223,10 @@ def lstm_forward(
             if not added:
                 _add_in_place(g_row, work[r])
             _activate_gates(g_row, hidden, gate_kind, state_kind)
-            _update_cell(g_row, c_n[r], TC[row], M[row] if project else H[row], hidden, state_kind)
+            # Without keeping TC, the row of work the recurrent product has
+            # left (added to g_row above) takes it.
+            _update_cell(g_row, c_n[r], TC[row] if keep else work[r, :hidden],
+                         M[row] if project else H[row], hidden, state_kind)
             if not project:
                 h_n[r] = H[row]
         if project:

@@ -723,11 +723,12 @@ def forward(
         (0 tanh, 1 softsign).
     H : ndarray of shape (N, P)
         OUT. Hidden state after every step.
-    Hprev : ndarray of shape (N, P)
-        OUT. Hidden state entering every step.
-    Cprev : ndarray of shape (N, H)
+    Hprev : ndarray of shape (N, P), or with 0 rows
+        OUT. Hidden state entering every step. With 0 rows (prediction: no
+        backward pass follows), ``Hprev``, ``Cprev`` and ``TC`` are not kept.
+    Cprev : ndarray of shape (N, H), or with 0 rows
         OUT. Cell state entering every step.
-    TC : ndarray of shape (N, H)
+    TC : ndarray of shape (N, H), or with 0 rows
         OUT. State activation of the cell state after every step.
     gates : ndarray of shape (N, 4H)
         OUT. Activated gates of every step.

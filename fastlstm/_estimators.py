@@ -314,8 +314,7 @@ class BaseLSTM(BaseEstimator, ABC):
         # scaler.transform, less its checks of the input (done) and its
         # handling of NaN padding (none left): 150 us per call.
         stacked = scale_stacked(scaler, np.concatenate(sequences)).astype(self.dtype, copy=False)
-        ends = np.cumsum([len(seq) for seq in sequences])
-        return [stacked[end - len(seq):end] for seq, end in zip(sequences, ends)]
+        return self._split_steps(stacked, [len(seq) for seq in sequences])
 
     def _flat_weights(self, dtype=None):
         n_outputs = self.weights_["head.bias"].shape[0]

@@ -206,7 +206,7 @@ def network_forward(params, shape, shards, backend, *, dropout_masks=None, h0=No
     h0, c0 : list of ndarray, default=None
         Per shard, initial states of shape (num_layers * n_directions,
         batch_size, state_size or hidden_size); None means zeros.
-    executor : concurrent.futures.Executor, default=None
+    executor : fastlstm._pool.SpinPool, default=None
         Runs the independent (shard, direction) tasks of a layer in parallel.
     workspace : Workspace, default=None
         Where the saved activations and layer outputs come from (training
@@ -345,7 +345,7 @@ def network_backward(params, grads, shape, shards, backend, forward_results, *,
         Per shard, the gradient with respect to ``final_hidden``; None means zero.
     dropout_masks : list of list of ndarray, default=None
         The masks given to :func:`network_forward`.
-    executor : concurrent.futures.Executor, default=None
+    executor : fastlstm._pool.SpinPool, default=None
     input_gradients : bool, default=True
         Compute ``d_inputs``, the gradient with respect to the network's
         inputs. Training does not need it, and skipping it saves one GEMM

@@ -214,10 +214,8 @@ def _joined(parts):
 
 def _split(array, sizes):
     """``array`` cut into consecutive row blocks of ``sizes``; views, not copies."""
-    if len(sizes) == 1:
-        return [array]
-    ends = np.cumsum(sizes)
-    return [array[end - size:end] for size, end in zip(sizes, ends)]
+    # np.split costs microseconds even for one part, and a step usually has one.
+    return [array] if len(sizes) == 1 else np.split(array, np.cumsum(sizes)[:-1])
 
 
 def pack_shards(sequences, lengths, order, *, max_length=None, step_starts=None):

@@ -106,8 +106,11 @@ def pack_batch(sequences, lengths, order, *, max_length=None, step_starts=None):
         packed = PackedBatch(X, batch_sizes, order)
     if step_starts is not None:
         # Packed row (t, j) is step t of sequence order[j].
-        steps = np.repeat(np.arange(len(packed.batch_sizes)), packed.batch_sizes)
-        positions = np.concatenate([np.arange(n) for n in packed.batch_sizes])
+        # Both from np.repeat: an arange per step cost 0.7 ms of a 1000-step
+        # prediction of one sequence (2.9 ms).
+        sizes = packed.batch_sizes
+        steps = np.repeat(np.arange(len(sizes)), sizes)
+        positions = np.arange(len(steps)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
         packed.target_rows = step_starts[packed.order[positions]] + steps
     return packed
 

@@ -46,13 +46,14 @@ def relative_error(actual, expected):
     return np.abs(actual - expected).max() / scale
 
 
-# m: one tile, one row, a balanced split (27 -> 14 + 13), and past the 256
-# rows where the loop order changes; n: under, at and over the 16- and
-# 32-column masks; k: empty, one, and around the 256-step blocks (a
-# remainder under 64 joins the last block).
+# m: the skinny tiles (1-3 rows), one wide tile, a balanced split (27 -> 14
+# + 13), and past the 256 rows where the loop order changes; n: under, at
+# and over the 16- and 32-column masks and the skinny tiles' 128-column
+# panels; k: empty, one, and around the 256-step blocks (a remainder under
+# 64 joins the last block).
 @needs_avx512
-@pytest.mark.parametrize("m", [1, 14, 27, 300])
-@pytest.mark.parametrize("n", [1, 15, 16, 17, 32, 33, 100])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 14, 27, 300])
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 32, 33, 100, 128, 129, 300])
 @pytest.mark.parametrize("k", [0, 1, 255, 256, 320, 321, 700])
 def test_matmul_matches_numpy(own_gemm_on, m, n, k):
     rng = np.random.default_rng(m * 1000 + n * 10 + k)
@@ -67,14 +68,15 @@ def test_matmul_matches_numpy(own_gemm_on, m, n, k):
 
 
 @needs_avx512
+@pytest.mark.parametrize("m", [2, 23])  # skinny and wide tiles
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_matmul_strided_and_transposed_operands(own_gemm_on, accumulate):
+def test_matmul_strided_and_transposed_operands(own_gemm_on, accumulate, m):
     rng = np.random.default_rng(1)
     # A as the transpose of a row-major (k, m) array, as in dW = dG^T X;
     # B and C as column slices of wider arrays (row stride > n).
-    A = np.ascontiguousarray(rng.standard_normal((290, 23)).astype(np.float32)).T
+    A = np.ascontiguousarray(rng.standard_normal((290, m)).astype(np.float32)).T
     B = rng.standard_normal((290, 50)).astype(np.float32)[:, 5:42]
-    C_wide = rng.standard_normal((23, 60)).astype(np.float32)
+    C_wide = rng.standard_normal((m, 60)).astype(np.float32)
     before = C_wide.copy()
     C = C_wide[:, 10:47]
     _gemm.matmul(A, B, C, accumulate=accumulate)
@@ -94,7 +96,9 @@ def test_a_row_does_not_depend_on_the_other_rows(own_gemm_on):
     A = rng.standard_normal((40, 300)).astype(np.float32)
     B = rng.standard_normal((300, 90)).astype(np.float32)
     full = _gemm.matmul(A, B)
-    for rows in [slice(0, 1), slice(3, 17), slice(13, 40), slice(0, 27)]:
+    # (1-3 rows run on the skinny tiles, more on the wide ones.)
+    for rows in [slice(0, 1), slice(5, 7), slice(37, 40), slice(3, 17), slice(13, 40),
+                 slice(0, 27)]:
         np.testing.assert_array_equal(_gemm.matmul(A[rows], B), full[rows])
 
 

@@ -217,6 +217,29 @@ def test_diverging_loss_stops_with_a_clear_error():
     assert not hasattr(reg, "weights_")
 
 
+def test_compute_environment_runs_blas_on_one_thread_and_restores_it():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from fastlstm._trainer import compute_environment
+
+    def blas_threads():
+        return {info["filepath"]: info["num_threads"] for info in threadpool_info()
+                if info["user_api"] == "blas"}
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        with compute_environment():
+            inside = blas_threads()
+            with compute_environment():  # nested: the inner one has nothing to restore
+                pass
+            still_inside = blas_threads()
+        after = blas_threads()
+    assert set(before.values()) == {2}, before
+    assert inside.keys() == before.keys() and set(inside.values()) == {1}
+    assert still_inside == inside
+    assert after == before
+
+
 def test_weights_are_initialised_with_blas_on_one_thread(monkeypatch):
     # The orthogonal initialiser's QR runs on NumPy's BLAS: with several BLAS
     # threads and a busy core it took 1 s instead of 1 ms.

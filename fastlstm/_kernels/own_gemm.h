@@ -88,6 +88,16 @@ static void fastlstm_gemm_set_enabled(int enabled)
 #define FASTLSTM_KC 256
 #define FASTLSTM_CHUNK_ROWS 224
 
+/* The first n_columns (at most 16) lanes of a register. */
+static __mmask16 fastlstm_mask(ptrdiff_t n_columns)
+{
+    if (n_columns >= 16)
+        return (__mmask16)0xFFFF;
+    if (n_columns <= 0)
+        return (__mmask16)0;
+    return (__mmask16)((1u << n_columns) - 1u);
+}
+
 /* One tile: rows [0, MR) of C, summed over k steps of p. WIDE tiles are 32
  * columns under masks m0 (columns 0-15) and m1 (16-31), two registers per
  * row; narrow ones (WIDE = 0) are 16 columns under m0, one register per
@@ -214,7 +224,6 @@ static void fastlstm_skinny_tile_##MR##_##NV(                                   
 #define FASTLSTM_SKINNY_ROWS 3
 #define FASTLSTM_SKINNY_NV 8
 
-static __mmask16 fastlstm_mask(ptrdiff_t n_columns);
 FASTLSTM_SKINNY_TILES(1) FASTLSTM_SKINNY_TILES(2) FASTLSTM_SKINNY_TILES(3)
 
 typedef void (*fastlstm_skinny_tile_fn)(ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
@@ -258,15 +267,6 @@ static const fastlstm_tile_fn fastlstm_narrow_tiles[FASTLSTM_NARROW_MR_MAX + 1] 
     fastlstm_narrow_tile_25, fastlstm_narrow_tile_26, fastlstm_narrow_tile_27,
     fastlstm_narrow_tile_28,
 };
-
-static __mmask16 fastlstm_mask(ptrdiff_t n_columns)
-{
-    if (n_columns >= 16)
-        return (__mmask16)0xFFFF;
-    if (n_columns <= 0)
-        return (__mmask16)0;
-    return (__mmask16)((1u << n_columns) - 1u);
-}
 
 /* One block of KC (or fewer) steps of p over the whole of C. */
 static void fastlstm_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,

@@ -273,7 +273,7 @@ def network_forward(params, shape, shards, backend, *, dropout_masks=None, h0=No
             H, saved["Hprev"], saved["Cprev"], saved["TC"], saved["gates"], saved["M"],
             result.h_n[stack], result.c_n[stack],
         )
-        work_shape = (batch_size + layer_input.shape[1] + state, GATES * hidden)
+        work_shape = (batch_size + layer_input.shape[1] + state + 1, GATES * hidden)
         return arguments, work_shape, H, layer_output[:, direction * state:(direction + 1) * state]
 
     def run(arguments, work_shape, H, output_columns):

@@ -47,7 +47,7 @@ def run_direction(backend, batch, layer, reverse, gate_kind, state_kind, dH, dh_
     args = (batch.X, batch.batch_sizes, layer["W"], layer["R"], layer["bias"], layer["W_proj"],
             layer["h0"], layer["c0"], reverse, gate_kind, state_kind)
     backend.forward(*args, H, Hprev, Cprev, TC, gates, M, h_n, c_n,
-                    _nan((batch_size + batch.X.shape[1] + state, 4 * hidden), dtype))
+                    _nan((batch_size + batch.X.shape[1] + state + 1, 4 * hidden), dtype))
     grads = dict(
         dX=np.full_like(batch.X, np.nan), dW=np.full_like(layer["W"], np.nan),
         dR=np.full_like(layer["R"], np.nan), dbias=np.full_like(layer["bias"], np.nan),
@@ -81,5 +81,5 @@ def run_forward(backend, batch, layer, reverse, gate_kind, state_kind, keep):
                     layer["W_proj"], layer["h0"], layer["c0"], reverse, gate_kind, state_kind,
                     H, _nan((kept, state), dtype), _nan((kept, hidden), dtype),
                     _nan((kept, hidden), dtype), gates, M, h_n, c_n,
-                    _nan((batch_size + batch.X.shape[1] + state, 4 * hidden), dtype))
+                    _nan((batch_size + batch.X.shape[1] + state + 1, 4 * hidden), dtype))
     return dict(H=H, h_n=h_n, c_n=c_n, gates=gates)

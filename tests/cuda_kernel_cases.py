@@ -157,7 +157,7 @@ def test_device_arrays_are_used_in_place(proj, monkeypatch):
     workspaces = (empty(n_rows, 4 * hidden), empty(n_rows, state) if proj else M,
                   empty(batch_size, hidden) if proj else M)
     gradients_in = [cuda.to_device(a) for a in (dH, dh_n, dc_n)]
-    work = empty(batch_size + X.shape[1] + state, 4 * hidden)
+    work = empty(batch_size + X.shape[1] + state + 1, 4 * hidden)
 
     def refuse(*args, **kwargs):
         raise AssertionError("a transfer or allocation with device arrays only")

@@ -140,7 +140,9 @@ def test_refit_and_set_params_rebuild_the_streaming_network():
     model.set_params(random_state=1).fit(X, y)
     after = model.reset_state().predict_and_update_state(x)[0]
     assert model._streaming[3] is not network
-    np.testing.assert_array_equal(after, model.predict(list(x))[0])
+    # To rounding: the streaming kernel's loops split vector and scalar work
+    # differently from the general kernel's.
+    np.testing.assert_allclose(after, model.predict(list(x))[0], **TOLERANCE["float32"])
     assert not np.allclose(before, after)
     model.set_params(backend="cython")
     model.reset_state().predict_and_update_state(x)

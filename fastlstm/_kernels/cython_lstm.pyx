@@ -689,7 +689,7 @@ def forward(
     M,                                  # OUT [N, H], or 0 rows (untouched)
     floating[:, ::1] h_n,               # OUT [B, P]
     floating[:, ::1] c_n,               # OUT [B, H]
-    floating[:, ::1] work,              # workspace [B + I + P, 4H]
+    floating[:, ::1] work,              # workspace [B + I + P + 1, 4H]
 ):
     """Run one LSTM direction over a packed batch.
 
@@ -739,10 +739,12 @@ def forward(
         OUT. Each sequence's final hidden state.
     c_n : ndarray of shape (B, H)
         OUT. Each sequence's final cell state.
-    work : ndarray of shape (B + I + P, 4H)
-        Workspace. In float32, where fastlstm's own GEMM runs, rows B onward
-        take ``W`` and ``R`` transposed (the recurrent GEMM accumulates into
-        ``gates``, so the first B rows are not needed here).
+    work : ndarray of shape (B + I + P + 1, 4H)
+        Workspace. In float32, where fastlstm's own GEMM runs, rows B to
+        B + I + P take ``W`` and ``R`` transposed (the recurrent GEMM
+        accumulates into ``gates``, so the first B rows are not needed here).
+        The last row is the numba kernel's (activation scales); this kernel
+        leaves it alone, so that both take one workspace.
 
     Raises
     ------
@@ -780,7 +782,7 @@ def forward(
     _check_shape("gates", gates.shape[0], gates.shape[1], n_rows, 4 * hidden)
     _check_shape("h_n", h_n.shape[0], h_n.shape[1], batch_size, state)
     _check_shape("c_n", c_n.shape[0], c_n.shape[1], batch_size, hidden)
-    _check_shape("work", work.shape[0], work.shape[1], batch_size + n_in + state, 4 * hidden)
+    _check_shape("work", work.shape[0], work.shape[1], batch_size + n_in + state + 1, 4 * hidden)
     if project:
         M_view = M
         _check_shape("M", M_view.shape[0], M_view.shape[1], n_rows, hidden)

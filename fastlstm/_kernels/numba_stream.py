@@ -107,6 +107,7 @@ def stream_forward(X, affine, params, layout, sizes, h, c, out, work, per_step,
     width = 4 * hidden
     n_in_max = max(n_inputs, state)
     gates = work[:width]
+    gate_row = gates.reshape((1, width))  # the general kernel's activation loop takes rows
     input_part = work[width:2 * width]
     scales = work[2 * width:3 * width]
     layer_in = work[3 * width:3 * width + n_in_max]
@@ -142,7 +143,7 @@ def stream_forward(X, affine, params, layout, sizes, h, c, out, work, per_step,
                 i_gate, f_gate = gates[:hidden], gates[hidden:2 * hidden]
                 g_gate, o_gate = gates[2 * hidden:3 * hidden], gates[3 * hidden:width]
                 if scaled_activations:
-                    _activate_gates_scaled(gates, scales)
+                    _activate_gates_scaled(gate_row, 0, scales)
                 else:
                     for j in range(hidden):
                         i_gate[j] = gate_activation(i_gate[j], gate_kind)

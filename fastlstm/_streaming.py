@@ -106,7 +106,7 @@ class StreamingNetwork:
             self.affine[0], self.affine[1], self.affine[2] = center, scale, shift
         hidden = net_shape.hidden_size
         self._out = np.empty((0, 0, int(self.sizes[2])), dtype=self.dtype)
-        self.work = np.empty(12 * hidden + max(self.n_features, net_shape.state_size) + hidden,
+        self.work = np.empty(8 * hidden + max(self.n_features, net_shape.state_size) + hidden,
                              dtype=self.dtype)
 
     def accepts(self, X):

@@ -23,8 +23,8 @@ rounding (summation order of the matrix-vector products).
 import numpy as np
 from numba import njit
 
-from ._activations import SIGMOID, TANH, gate_activation, state_activation
-from .numba_lstm import _activate_gates_scaled, _own_gemm, _set_activation_scales
+from ._activations import gate_activation, state_activation
+from .numba_lstm import _own_gemm
 
 _JIT = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
 
@@ -95,7 +95,7 @@ def stream_forward(X, affine, params, layout, sizes, h, c, out, work, per_step,
         IN/OUT. Cell state.
     out : ndarray of shape (B, T or 1, n_outputs)
         OUT. Output layer at every step (``per_step``) or at the last one.
-    work : ndarray of shape (12H + max(I, P) + H,)
+    work : ndarray of shape (8H + max(I, P) + H,)
         Workspace.
     per_step : bool
     gate_kind, state_kind : int
@@ -107,15 +107,9 @@ def stream_forward(X, affine, params, layout, sizes, h, c, out, work, per_step,
     width = 4 * hidden
     n_in_max = max(n_inputs, state)
     gates = work[:width]
-    gate_row = gates.reshape((1, width))  # the general kernel's activation loop takes rows
     input_part = work[width:2 * width]
-    scales = work[2 * width:3 * width]
-    layer_in = work[3 * width:3 * width + n_in_max]
-    m = work[3 * width + n_in_max:3 * width + n_in_max + hidden]
-    # The general kernel's activation loops, so that both paths round alike.
-    scaled_activations = gate_kind == SIGMOID and state_kind == TANH
-    if scaled_activations:
-        _set_activation_scales(scales, hidden)
+    layer_in = work[2 * width:2 * width + n_in_max]
+    m = work[2 * width + n_in_max:2 * width + n_in_max + hidden]
     normalise = affine.shape[0] == 3
     head = layout[n_layers]
     for b in range(X.shape[0]):
@@ -142,17 +136,14 @@ def stream_forward(X, affine, params, layout, sizes, h, c, out, work, per_step,
                 # Views from 0, as in numba_lstm, so that the loops vectorise.
                 i_gate, f_gate = gates[:hidden], gates[hidden:2 * hidden]
                 g_gate, o_gate = gates[2 * hidden:3 * hidden], gates[3 * hidden:width]
-                if scaled_activations:
-                    _activate_gates_scaled(gate_row, 0, scales)
-                else:
-                    for j in range(hidden):
-                        i_gate[j] = gate_activation(i_gate[j], gate_kind)
-                    for j in range(hidden):
-                        f_gate[j] = gate_activation(f_gate[j], gate_kind)
-                    for j in range(hidden):
-                        g_gate[j] = state_activation(g_gate[j], state_kind)
-                    for j in range(hidden):
-                        o_gate[j] = gate_activation(o_gate[j], gate_kind)
+                for j in range(hidden):
+                    i_gate[j] = gate_activation(i_gate[j], gate_kind)
+                for j in range(hidden):
+                    f_gate[j] = gate_activation(f_gate[j], gate_kind)
+                for j in range(hidden):
+                    g_gate[j] = state_activation(g_gate[j], state_kind)
+                for j in range(hidden):
+                    o_gate[j] = gate_activation(o_gate[j], gate_kind)
                 for j in range(hidden):
                     c_new = f_gate[j] * c_row[j] + i_gate[j] * g_gate[j]
                     c_row[j] = c_new

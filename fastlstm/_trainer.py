@@ -97,26 +97,27 @@ class Targets:
         return self.step_starts is not None
 
 
-_blas_controller = None
+_blas_libraries_found = None
 _executors = {}
 _runtime_lock = threading.Lock()
 
 
-def _blas_limiter():
-    """A cached threadpoolctl controller.
+def _blas_libraries():
+    """This process's BLAS libraries, as threadpoolctl controllers, found once.
 
-    ``threadpool_limits()`` rescans every loaded library on each call (3.3 ms
-    measured here, more than a whole W1 inference); a controller created once
-    limits in about 26 us. SciPy's BLAS, which numba's ``np.dot`` calls, is
-    loaded first so that the controller sees it.
+    Finding them (``ThreadpoolController()`` scans every loaded library)
+    takes 3.3 ms here, more than a whole W1 inference. SciPy's BLAS, which
+    numba's ``np.dot`` calls, is loaded first so that the scan sees it.
     """
-    global _blas_controller
-    with _runtime_lock:
-        if _blas_controller is None:
-            import scipy.linalg.cython_blas  # noqa: F401 - loads SciPy's OpenBLAS
+    global _blas_libraries_found
+    if _blas_libraries_found is None:
+        with _runtime_lock:
+            if _blas_libraries_found is None:
+                import scipy.linalg.cython_blas  # noqa: F401 - loads SciPy's OpenBLAS
 
-            _blas_controller = ThreadpoolController()
-        return _blas_controller
+                _blas_libraries_found = tuple(
+                    ThreadpoolController().select(user_api="blas").lib_controllers)
+    return _blas_libraries_found
 
 
 def _executor(n_threads):
@@ -171,11 +172,6 @@ def compute_environment(n_threads=1):
 def single_threaded_blas():
     """A context in which BLAS runs on one thread (see :func:`compute_environment`)."""
     return _SingleThreadedBlas(_blas_libraries())
-
-
-@functools.lru_cache(maxsize=1)
-def _blas_libraries():
-    return tuple(_blas_limiter().select(user_api="blas").lib_controllers)
 
 
 class _SingleThreadedBlas:

@@ -69,8 +69,9 @@ class ForwardResult:
 
     Attributes
     ----------
-    outputs : ndarray of shape (n_rows, n_directions * state_size)
-        Last layer's hidden state at every packed step.
+    outputs : ndarray of shape (n_rows, n_directions * state_size) or None
+        Last layer's hidden state at every packed step (None where
+        :func:`network_forward` was told not to keep it).
     h_n : ndarray of shape (num_layers * n_directions, batch_size, state_size)
         Every layer's and direction's final hidden state (torch's ``h_n``):
         the forward direction's after the sequence's last step, the reverse
@@ -190,7 +191,7 @@ def _scratch(workspace):
 
 
 def network_forward(params, shape, shards, backend, *, dropout_masks=None, h0=None, c0=None,
-                    executor=None, workspace=None, for_backward=True):
+                    executor=None, workspace=None, for_backward=True, keep_outputs=True):
     """Run the recurrent layers over every shard of a mini-batch.
 
     Parameters
@@ -218,6 +219,12 @@ def network_forward(params, shape, shards, backend, *, dropout_masks=None, h0=No
         entering hidden and cell states, the cell state's activation), about
         30 % of a prediction's memory and 4-12 % of a W1 prediction's time,
         and the results cannot be backpropagated.
+    keep_outputs : bool, default=True
+        Gather the last layer's hidden states at every step into
+        ``outputs``. A sequence-to-one model reads only the final states
+        (``h_n``) and passes False: ``outputs`` is then None, and the last
+        layer's directions skip copying their hidden states into it (each a
+        copy of the whole layer output, on the path of its thread).
 
     Returns
     -------
@@ -274,21 +281,27 @@ def network_forward(params, shape, shards, backend, *, dropout_masks=None, h0=No
             result.h_n[stack], result.c_n[stack],
         )
         work_shape = (batch_size + layer_input.shape[1] + state + 1, GATES * hidden)
-        return arguments, work_shape, H, layer_output[:, direction * state:(direction + 1) * state]
+        output_columns = (None if layer_output is None
+                          else layer_output[:, direction * state:(direction + 1) * state])
+        return arguments, work_shape, H, output_columns
 
     def run(arguments, work_shape, H, output_columns):
         backend.forward(*arguments, _scratch(workspace)("work", work_shape, H.dtype))
-        output_columns[...] = H
+        if output_columns is not None:
+            output_columns[...] = H
 
     layer_inputs = [batch.X for batch in shards]
     for layer in range(shape.num_layers):
         if layer > 0 and dropout_masks is not None:
             layer_inputs = [x * masks[layer - 1] for x, masks in zip(layer_inputs, dropout_masks)]
-        layer_outputs = [
-            _allocator(workspace, "layer output", s, layer)(
-                "H", (batch.X.shape[0], shape.n_features_out), batch.X.dtype)
-            for s, batch in enumerate(shards)
-        ]
+        if keep_outputs or layer < shape.num_layers - 1:
+            layer_outputs = [
+                _allocator(workspace, "layer output", s, layer)(
+                    "H", (batch.X.shape[0], shape.n_features_out), batch.X.dtype)
+                for s, batch in enumerate(shards)
+            ]
+        else:
+            layer_outputs = [None] * len(shards)
         for result, layer_input in zip(results, layer_inputs):
             result.layer_inputs.append(layer_input)
         _run_tasks(executor, run, [

@@ -359,7 +359,8 @@ class Trainer:
                       .astype(dtype) / dtype.type(keep) for _ in range(net_shape.num_layers - 1)]
                      for shard in shards]
         forward = network_forward(params, net_shape, shards, self.backend, dropout_masks=masks,
-                                  h0=h0, c0=c0, executor=executor, workspace=self._workspace)
+                                  h0=h0, c0=c0, executor=executor, workspace=self._workspace,
+                                  keep_outputs=targets.per_step)
         carried = ([f.h_n[:, :n] for f, n in zip(forward, n_continuing)],
                    [f.c_n[:, :n] for f, n in zip(forward, n_continuing)])
         if targets.per_step:
@@ -614,9 +615,10 @@ def network_outputs(flat_params, shapes, net_shape, sequences, lengths, backend,
     dtype = flat_params.dtype
     n_rows = int(lengths.sum()) if per_step else len(sequences)
     outputs = np.empty((n_rows, n_outputs), dtype=dtype)
-    n_stack = net_shape.num_layers * net_shape.n_directions
-    h_n = np.empty((n_stack, len(sequences), net_shape.state_size), dtype=dtype)
-    c_n = np.empty((n_stack, len(sequences), net_shape.hidden_size), dtype=dtype)
+    if return_states:
+        n_stack = net_shape.num_layers * net_shape.n_directions
+        h_n = np.empty((n_stack, len(sequences), net_shape.state_size), dtype=dtype)
+        c_n = np.empty((n_stack, len(sequences), net_shape.hidden_size), dtype=dtype)
     step_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if per_step else None
     # Batches of one call share their buffers: each batch's outputs are read
     # out before the next batch overwrites them. Calls share them too.
@@ -628,14 +630,15 @@ def network_outputs(flat_params, shapes, net_shape, sequences, lengths, backend,
             initial_c = None if c0 is None else [c0[:, shard.order] for shard in shards]
             forward = network_forward(params, net_shape, shards, backend, h0=initial_h,
                                       c0=initial_c, executor=executor, workspace=workspace,
-                                      for_backward=False)
+                                      for_backward=False, keep_outputs=per_step)
             for shard, result in zip(shards, forward):
                 if per_step:
                     outputs[shard.target_rows] = _head_forward(params, result.outputs)
                 else:
                     outputs[shard.order] = _head_forward(params, result.final_hidden)
-                h_n[:, shard.order] = result.h_n
-                c_n[:, shard.order] = result.c_n
+                if return_states:
+                    h_n[:, shard.order] = result.h_n
+                    c_n[:, shard.order] = result.c_n
     _keep_prediction_workspace(workspace)
     if return_states:
         return outputs, h_n, c_n

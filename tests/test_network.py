@@ -182,6 +182,38 @@ def test_skipping_the_input_gradient_changes_no_weight_gradient(shape, backend_n
         np.testing.assert_array_equal(short.d_c0, full.d_c0)
 
 
+@pytest.mark.parametrize("backend_name", ["numba", "cython", "reference"])
+@pytest.mark.parametrize("shape", [SHAPES["bi-1"], SHAPES["bi-2-proj"]], ids=["bi-1", "bi-2-proj"])
+def test_not_keeping_the_outputs_changes_no_final_state_or_gradient(shape, backend_name):
+    # A sequence-to-one model reads only the final states: the last layer's
+    # outputs are not gathered, and nothing the model reads may change.
+    from fastlstm._pool import SpinPool
+
+    problem = make_problem(shape, np.float32)
+    backend = get_backend(backend_name)
+    params = unflatten(problem["flat"], problem["shapes"])
+    results = {}
+    for keep in (True, False):
+        forward = network_forward(params, shape, problem["shards"], backend,
+                                  dropout_masks=problem["masks"], h0=problem["h0"],
+                                  c0=problem["c0"], executor=SpinPool(1), keep_outputs=keep)
+        shard_grads = [np.zeros_like(problem["flat"]) for _ in problem["shards"]]
+        backward = network_backward(
+            params, [unflatten(g, problem["shapes"]) for g in shard_grads], shape,
+            problem["shards"], backend, forward,
+            d_final_hidden=[f.astype(np.float32) for f in problem["d_final"]],
+            dropout_masks=problem["masks"])
+        results[keep] = forward, sum(shard_grads), backward
+    (kept, kept_grads, kept_backward), (dropped, dropped_grads, dropped_backward) = (
+        results[True], results[False])
+    np.testing.assert_array_equal(dropped_grads, kept_grads)
+    for s in range(len(problem["shards"])):
+        assert kept[s].outputs is not None and dropped[s].outputs is None
+        np.testing.assert_array_equal(dropped[s].final_hidden, kept[s].final_hidden)
+        np.testing.assert_array_equal(dropped[s].c_n, kept[s].c_n)
+        np.testing.assert_array_equal(dropped_backward[s].d_inputs, kept_backward[s].d_inputs)
+
+
 def test_workspace_hands_out_views_of_kept_buffers():
     workspace = Workspace()
     first = workspace.empty(("a", 0), (5, 3), np.float32)

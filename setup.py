@@ -24,6 +24,7 @@ EXTENSIONS = {
     "fastlstm._fpenv": {"sources": ["fastlstm/_fpenv.pyx"], "openmp": False},
     "fastlstm._spin": {"sources": ["fastlstm/_spin.pyx"], "openmp": False},
     "fastlstm._optim_kernels": {"sources": ["fastlstm/_optim_kernels.pyx"], "openmp": False},
+    "fastlstm._loss_kernels": {"sources": ["fastlstm/_loss_kernels.pyx"], "openmp": False},
     "fastlstm._kernels._gemm": {"sources": ["fastlstm/_kernels/_gemm.pyx"], "openmp": False},
     "fastlstm._kernels.cython_lstm": {"sources": ["fastlstm/_kernels/cython_lstm.pyx"], "openmp": False},
 }

@@ -11,6 +11,8 @@ with unit weights the losses are ``torch.nn.CrossEntropyLoss`` and
 
 import numpy as np
 
+from ._loss_kernels import cross_entropy_rows
+
 
 def softmax(logits):
     """Row-wise softmax, shifted by the row maximum for stability."""
@@ -21,6 +23,33 @@ def softmax(logits):
 
 def cross_entropy(logits, targets, weights):
     """Weighted mean cross-entropy of integer class targets.
+
+    One compiled pass (``_loss_kernels.cross_entropy_rows``) where the
+    arrays suit it, which they do in training; otherwise, and as the
+    readable definition, :func:`cross_entropy_reference`.
+
+    Parameters
+    ----------
+    logits : ndarray of shape (n_rows, n_classes)
+    targets : ndarray of shape (n_rows,), int
+    weights : ndarray of shape (n_rows,)
+
+    Returns
+    -------
+    loss : float
+    d_logits : ndarray of shape (n_rows, n_classes)
+    """
+    if (logits.dtype in (np.float32, np.float64) and weights.dtype == logits.dtype
+            and targets.dtype == np.intp and logits.ndim == 2 and logits.shape[1] > 0):
+        d_logits = np.empty(logits.shape, dtype=logits.dtype)
+        loss = cross_entropy_rows(np.ascontiguousarray(logits), np.ascontiguousarray(targets),
+                                  np.ascontiguousarray(weights), d_logits)
+        return loss, d_logits
+    return cross_entropy_reference(logits, targets, weights)
+
+
+def cross_entropy_reference(logits, targets, weights):
+    """:func:`cross_entropy` in NumPy (softmax in float64): the reference.
 
     Parameters
     ----------

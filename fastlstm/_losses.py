@@ -51,16 +51,8 @@ def cross_entropy(logits, targets, weights):
 def cross_entropy_reference(logits, targets, weights):
     """:func:`cross_entropy` in NumPy (softmax in float64): the reference.
 
-    Parameters
-    ----------
-    logits : ndarray of shape (n_rows, n_classes)
-    targets : ndarray of shape (n_rows,), int
-    weights : ndarray of shape (n_rows,)
-
-    Returns
-    -------
-    loss : float
-    d_logits : ndarray of shape (n_rows, n_classes)
+    Takes and returns what :func:`cross_entropy` does, for any integer
+    targets and float weights.
     """
     rows = np.arange(logits.shape[0])
     proba = softmax(logits.astype(np.float64))

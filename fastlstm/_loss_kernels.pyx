@@ -4,8 +4,9 @@
 The loss of a small network's mini-batch is a few hundred numbers (27 rows
 of 9 logits for a Japanese-Vowels-sized batch), and its NumPy form,
 ``_losses.cross_entropy_reference``, makes about fifteen array operations of
-them: 22 us per W1 training step, against about 2 here, where one loop per
-row does the softmax, the row's loss and its gradient. The arithmetic is the
+them: 14 us per W1 training step (best of repeated calls), against 3.5 us
+for ``_losses.cross_entropy`` with this loop, which does the softmax, the
+row's loss and its gradient in one pass per row. The arithmetic is the
 reference's, in float64 (the row maximum subtracted, ``exp``, the row sum,
 the quotient), so the two agree to float64 rounding (the C library's ``exp``
 and NumPy's may differ in the last bit).

@@ -17,8 +17,8 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.errors import CompileError, LinkError
 
-# One row per extension. Each entry lists its sources and whether it uses
-# OpenMP.
+# One row per extension. Each entry lists its sources, whether it uses
+# OpenMP and whether it uses NumPy's C API.
 EXTENSIONS = {
     "fastlstm._packing": {"sources": ["fastlstm/_packing.pyx"], "openmp": True},
     "fastlstm._fpenv": {"sources": ["fastlstm/_fpenv.pyx"], "openmp": False},
@@ -27,6 +27,8 @@ EXTENSIONS = {
     "fastlstm._loss_kernels": {"sources": ["fastlstm/_loss_kernels.pyx"], "openmp": False},
     "fastlstm._kernels._gemm": {"sources": ["fastlstm/_kernels/_gemm.pyx"], "openmp": False},
     "fastlstm._kernels.cython_lstm": {"sources": ["fastlstm/_kernels/cython_lstm.pyx"], "openmp": False},
+    "fastlstm._kernels._kernel_arguments": {
+        "sources": ["fastlstm/_kernels/_kernel_arguments.pyx"], "openmp": False, "numpy": True},
 }
 
 DEBUG = os.environ.get("FASTLSTM_CYTHON_DEBUG", "0") == "1"
@@ -108,9 +110,18 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
+def _extension(name, row):
+    if not row.get("numpy"):
+        return Extension(name, row["sources"])
+    import numpy
+
+    return Extension(name, row["sources"], include_dirs=[numpy.get_include()],
+                     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
+
+
 setup(
     ext_modules=cythonize(
-        [Extension(name, row["sources"]) for name, row in EXTENSIONS.items()],
+        [_extension(name, row) for name, row in EXTENSIONS.items()],
         compiler_directives=COMPILER_DIRECTIVES,
     ),
     cmdclass={"build_ext": BuildExt},

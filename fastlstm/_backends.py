@@ -44,6 +44,11 @@ _REGISTRY = {
 BACKEND_NAMES = ("auto",) + tuple(_REGISTRY)
 
 
+# name -> module whose entry_addresses(dtype) gives native entries (C
+# functions on packed arguments, see _kernels.numba_lstm.entry_addresses) for some dtypes.
+_NATIVE_ENTRIES = {"numba": "fastlstm._kernels.numba_lstm"}
+
+
 @dataclass(frozen=True)
 class Backend:
     """The two kernels of one backend."""
@@ -51,6 +56,18 @@ class Backend:
     name: str
     forward: Callable
     backward: Callable
+
+    def native_entries(self, dtype):
+        """Addresses of the (forward, backward) native entries for ``dtype``, or None.
+
+        A native entry runs the kernel on arguments packed by
+        :func:`fastlstm._kernels._kernel_arguments.pack`, without the GIL
+        (see ``_kernels.numba_lstm.entry_addresses``). Compiles them on the first call.
+        """
+        module = _NATIVE_ENTRIES.get(self.name)
+        if module is None:
+            return None
+        return importlib.import_module(module).entry_addresses(dtype)
 
 
 _loaded = {}
@@ -89,18 +106,20 @@ def get_backend(name):
 def numba_kernels_cached():
     """Whether numba's on-disk cache holds up-to-date compiled LSTM kernels.
 
-    Reads the cache index numba keeps for the kernels (it is stale, and read
+    The native entries (``numba_lstm.entry_addresses``) count among them. Reads
+    the cache index numba keeps for the kernels (it is stale, and read
     as empty, when the kernels' source changed); it compiles nothing. This
     uses numba internals, so any surprise reads as "not cached".
     """
     module = importlib.import_module(_REGISTRY["numba"][0])
     try:
-        return all(
+        kernels_cached = all(
             bool(kernel._cache._cache_file._load_index())
             for kernel in (module.lstm_forward, module.lstm_backward)
         )
     except Exception:  # noqa: BLE001 - internals of another numba version
         return False
+    return kernels_cached and importlib.import_module(_NATIVE_ENTRIES["numba"]).entries_cached()
 
 
 # A compile process younger than this holds the lock; an older lock is stale.
@@ -148,7 +167,7 @@ def compile_numba_kernels():
 
     backend = get_backend("numba")
     for dtype in (np.float32, np.float64):
-        warm_up(backend, np.dtype(dtype))
+        warm_up(backend, np.dtype(dtype))  # the native entries too (see _network)
         warm_up_streaming(dtype)
 
 

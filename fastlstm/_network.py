@@ -12,6 +12,14 @@ direction) pair of a layer is an independent task; with an executor, the
 tasks of a layer run in parallel (the kernels release the GIL). Each shard
 has its own output and gradient buffers, so the result does not depend on the
 number of threads, only on the sharding, which the caller fixes.
+
+Where the backend has native entries for the dtype (numba, float32; see
+``_kernels.numba_lstm.entry_addresses``), a layer's tasks run as one native job: their
+arguments packed once on the calling thread, every task a C call, so that
+no thread takes the GIL or goes through numba's dispatcher for them. Tasks
+that need Python around the kernel (a copy into a bidirectional layer's
+output, a non-contiguous gradient) run as Python tasks; both run the same
+compiled kernels and give the same bits.
 """
 
 import threading
@@ -19,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._kernels._kernel_arguments import BACKWARD, FORWARD, pack_job
+from ._spin import job_header_size, run_job
 from ._weights import GATES
 
 
@@ -111,6 +121,47 @@ def _run_tasks(executor, function, tasks):
             function(*task)
         return
     executor.run(function, tasks)
+
+
+def _run_kernel_tasks(executor, entry, signature, kernel_arguments, function, tasks):
+    """Run a layer's kernel calls: as one native job if all can be, else as Python tasks.
+
+    ``entry`` is the native entry's address (None: the backend has none for
+    this dtype); ``kernel_arguments[i]`` is the whole argument tuple of task
+    ``i``'s kernel call when the task is nothing but that call, else None.
+    """
+    job = None
+    if entry is not None and all(arguments is not None for arguments in kernel_arguments):
+        job = pack_job(entry, signature, kernel_arguments, job_header_size())
+    if job is None:
+        _run_tasks(executor, function, tasks)
+    elif executor is None:
+        run_job(job)
+    else:
+        executor.run_job(job)
+
+
+def _native_entries(backend, dtype):
+    """The backend's (forward, backward) native entries for ``dtype``, or (None, None)."""
+    entries = getattr(backend, "native_entries", None)
+    return (entries(dtype) if entries is not None else None) or (None, None)
+
+
+def _task_scratch(workspace, executor, n_tasks):
+    """Per task, where its kernel's scratch arrays come from; None: from its thread's.
+
+    A native task must be given its scratch before it runs, not knowing
+    which thread will run it. Without an executor the tasks run in turn on
+    the calling thread and share its scratch; with no more tasks than
+    threads, each task has its own, which holds no more memory than one per
+    thread. Otherwise the thread that runs a task takes its own (see
+    :func:`_scratch`) and the task runs as a Python task.
+    """
+    if executor is None:
+        return [_scratch(workspace)] * n_tasks
+    if n_tasks <= executor.n_workers + 1:
+        return [_allocator(workspace, "scratch", "task", index) for index in range(n_tasks)]
+    return [None] * n_tasks
 
 
 def _empty(shape, dtype):
@@ -233,6 +284,7 @@ def network_forward(params, shape, shards, backend, *, dropout_masks=None, h0=No
     """
     hidden, state = shape.hidden_size, shape.state_size
     n_stack = shape.num_layers * shape.n_directions
+    forward_entry = _native_entries(backend, shards[0].X.dtype)[0]
     results = []
     for index, batch in enumerate(shards):
         batch_size, dtype = batch.size, batch.X.dtype
@@ -254,14 +306,17 @@ def network_forward(params, shape, shards, backend, *, dropout_masks=None, h0=No
     # Each task is prepared here, on the calling thread, and only run by the
     # pool: a worker then takes the GIL for a few microseconds, not for the
     # whole preparation while the calling thread holds it too.
-    def prepare(shard_index, layer, direction, layer_input, layer_output):
+    def prepare(shard_index, layer, direction, layer_input, layer_output, scratch):
         batch, result = shards[shard_index], results[shard_index]
         n_rows, batch_size, dtype = batch.X.shape[0], batch.size, batch.X.dtype
         name = layer_name(layer, direction)
         stack = layer * shape.n_directions + direction
         W_proj = params.get(f"weight_hr_{name}", _NO_PROJECTION[dtype.type])
         empty = _allocator(workspace, "forward", shard_index, layer, direction)
-        H = empty("H", (n_rows, state), dtype)
+        # One direction writes the layer's output in place; two write their
+        # halves of each row, gathered from their own H after the kernel.
+        one_direction_output = layer_output is not None and shape.n_directions == 1
+        H = layer_output if one_direction_output else empty("H", (n_rows, state), dtype)
         kept_rows = n_rows if for_backward else 0  # 0 rows: not kept
         saved = dict(
             bias=params[f"bias_ih_{name}"] + params[f"bias_hh_{name}"],
@@ -281,14 +336,21 @@ def network_forward(params, shape, shards, backend, *, dropout_masks=None, h0=No
             result.h_n[stack], result.c_n[stack],
         )
         work_shape = (batch_size + layer_input.shape[1] + state + 1, GATES * hidden)
-        output_columns = (None if layer_output is None
+        work = None if scratch is None else scratch("work", work_shape, dtype)
+        output_columns = (None if layer_output is None or one_direction_output
                           else layer_output[:, direction * state:(direction + 1) * state])
-        return arguments, work_shape, H, output_columns
+        return arguments, work_shape, work, H, output_columns
 
-    def run(arguments, work_shape, H, output_columns):
-        backend.forward(*arguments, _scratch(workspace)("work", work_shape, H.dtype))
+    def run(arguments, work_shape, work, H, output_columns):
+        if work is None:
+            work = _scratch(workspace)("work", work_shape, H.dtype)
+        backend.forward(*arguments, work)
         if output_columns is not None:
             output_columns[...] = H
+
+    def kernel_arguments(arguments, work_shape, work, H, output_columns):
+        """The kernel call's arguments, if that call is the whole task."""
+        return None if work is None or output_columns is not None else arguments + (work,)
 
     layer_inputs = [batch.X for batch in shards]
     for layer in range(shape.num_layers):
@@ -304,10 +366,13 @@ def network_forward(params, shape, shards, backend, *, dropout_masks=None, h0=No
             layer_outputs = [None] * len(shards)
         for result, layer_input in zip(results, layer_inputs):
             result.layer_inputs.append(layer_input)
-        _run_tasks(executor, run, [
-            prepare(s, layer, direction, layer_inputs[s], layer_outputs[s])
-            for s in range(len(shards)) for direction in range(shape.n_directions)
-        ])
+        pairs = [(s, direction) for s in range(len(shards))
+                 for direction in range(shape.n_directions)]
+        scratches = _task_scratch(workspace, executor, len(pairs))
+        tasks = [prepare(s, layer, direction, layer_inputs[s], layer_outputs[s], scratch)
+                 for (s, direction), scratch in zip(pairs, scratches)]
+        _run_kernel_tasks(executor, forward_entry, FORWARD,
+                          [kernel_arguments(*task) for task in tasks], run, tasks)
         layer_inputs = layer_outputs
     for result, outputs in zip(results, layer_inputs):
         result.outputs = outputs
@@ -380,7 +445,7 @@ def network_backward(params, grads, shape, shards, backend, forward_results, *,
     ]
 
     # Prepared on the calling thread, run by the pool (see network_forward).
-    def prepare(shard_index, layer, direction, d_layer_output, d_layer_input_parts):
+    def prepare(shard_index, layer, direction, d_layer_output, d_layer_input_parts, scratch):
         batch, fwd = shards[shard_index], forward_results[shard_index]
         result, shard_grads = results[shard_index], grads[shard_index]
         n_rows, batch_size, dtype = batch.X.shape[0], batch.size, batch.X.dtype
@@ -424,28 +489,46 @@ def network_backward(params, grads, shape, shards, backend, forward_results, *,
         scratch_shapes = dict(dG=(n_rows, GATES * hidden))
         if project:
             scratch_shapes.update(dH_total=(n_rows, state), dM=(batch_size, hidden))
-        return (before_dH, d_output_columns, after_dH, scratch_shapes, saved["M"], d_bias,
-                shard_grads[f"bias_hh_{name}"])
+        workspaces = None if scratch is None else _workspaces(scratch, scratch_shapes, saved["M"])
+        # Both torch biases enter the gates as one sum, so they share a
+        # gradient, copied once the layer's tasks are done.
+        bias_copies.append((shard_grads[f"bias_hh_{name}"], d_bias))
+        return before_dH, d_output_columns, after_dH, scratch_shapes, saved["M"], workspaces
 
-    def run(before_dH, d_output_columns, after_dH, scratch_shapes, no_projection, d_bias,
-            d_bias_hh):
-        # Per-thread scratch: taken by the thread that runs the kernel.
-        scratch = _scratch(workspace)
-        dtype = d_output_columns.dtype
-        dG, dH_total, dM = (scratch(name, scratch_shapes[name], dtype) if name in scratch_shapes
-                            else no_projection for name in ("dG", "dH_total", "dM"))
+    def _workspaces(scratch, scratch_shapes, no_projection):
+        dtype = no_projection.dtype
+        return tuple(scratch(name, scratch_shapes[name], dtype) if name in scratch_shapes
+                     else no_projection for name in ("dG", "dH_total", "dM"))
+
+    def run(before_dH, d_output_columns, after_dH, scratch_shapes, no_projection, workspaces):
+        if workspaces is None:
+            # Per-thread scratch: taken by the thread that runs the kernel.
+            workspaces = _workspaces(_scratch(workspace), scratch_shapes, no_projection)
         backend.backward(*before_dH, np.ascontiguousarray(d_output_columns), *after_dH,
-                         dG, dH_total, dM)
-        # Both torch biases enter the gates as one sum, so they share a gradient.
-        d_bias_hh[:] = d_bias
+                         *workspaces)
 
+    def kernel_arguments(before_dH, d_output_columns, after_dH, scratch_shapes, no_projection,
+                         workspaces):
+        """The kernel call's arguments, if that call is the whole task (see _native_job)."""
+        if workspaces is None:
+            return None
+        return before_dH + (d_output_columns,) + after_dH + workspaces
+
+    backward_entry = _native_entries(backend, shards[0].X.dtype)[1]
     d_layer_outputs = [None] * len(shards) if d_outputs is None else list(d_outputs)
     for layer in reversed(range(shape.num_layers)):
         parts = [[None] * n_directions for _ in shards]
-        _run_tasks(executor, run, [
-            prepare(s, layer, direction, d_layer_outputs[s], parts[s])
-            for s in range(len(shards)) for direction in range(n_directions)
-        ])
+        pairs = [(s, direction) for s in range(len(shards)) for direction in range(n_directions)]
+        scratches = _task_scratch(workspace, executor, len(pairs))
+        bias_copies = []
+        tasks = [prepare(s, layer, direction, d_layer_outputs[s], parts[s], scratch)
+                 for (s, direction), scratch in zip(pairs, scratches)]
+        # A task whose gradient columns are a strided view (a bidirectional
+        # layer's) runs in Python, which makes them contiguous.
+        _run_kernel_tasks(executor, backward_entry, BACKWARD,
+                          [kernel_arguments(*task) for task in tasks], run, tasks)
+        for d_bias_hh, d_bias in bias_copies:
+            d_bias_hh[:] = d_bias
         if layer == 0 and not input_gradients:
             d_layer_outputs = [None] * len(shards)
             break

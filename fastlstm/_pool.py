@@ -11,6 +11,13 @@ the GIL, on an atomic flag (``_spin``), and sleep only when the other side
 has not answered within ``spin_ns``: 12 us per phase on the same
 measurement. The spinning is bounded, so an idle pool sleeps and a busy
 machine loses at most ``spin_ns`` of a core per hand-off.
+
+A phase is either Python tasks (:meth:`SpinPool.run`), which a worker runs
+with the GIL, or a native job (:meth:`SpinPool.run_job`): C calls that a
+spinning worker makes from its loop in ``_spin.serve``, never taking the
+GIL. A worker that takes the GIL starts its task only once the calling
+thread lets it go, in its own first kernel call: 23-51 us into a W1 phase,
+measured.
 """
 
 import _thread
@@ -21,11 +28,15 @@ import time
 import numpy as np
 
 from ._spin import (
+    CAN_SPIN,
     SEEN,
     TIMED_OUT,
     WAKE_WAITER,
     compare_and_swap,
     load,
+    now_ns,
+    run_job,
+    serve,
     signal_then_spin_until,
     spin_until,
     store,
@@ -89,11 +100,18 @@ class SpinPool:
         self._worker_wakeup = [_locked() for _ in range(n_workers)]
         self._caller_wakeup = [_locked() for _ in range(n_workers)]
         self._job = None
+        # The phase's native job (see run_job): the array, and its address
+        # for the workers' loop in _spin.serve (0 while the phase is a Python
+        # one); each worker's wall and CPU time on it, in ns.
+        self._native_job = None
+        self._job_address = np.zeros(1, dtype=np.int64)
+        self._job_times = np.zeros((n_workers, 2), dtype=np.int64)
         self._errors = [None] * n_workers
         self._phase = 0
-        # perf_counter_ns() times until which no thread spins, and until
-        # which phases run on the calling thread only (see _note_core_share).
-        self._no_spin_until = 0
+        # Times until which no thread spins (_spin.now_ns(), read by
+        # _spin.serve too), and until which phases run on the calling thread
+        # only (perf_counter_ns()); see _note_core_share.
+        self._no_spin_until = np.zeros(1, dtype=np.int64)
         self._serial_until = 0
         self._starved_rate = [0.0] * (n_workers + 1)  # each worker's, then the caller's
         self._busy = threading.Lock()
@@ -125,6 +143,7 @@ class SpinPool:
         try:
             self._phase += 1
             self._job = work
+            store(self._job_address, 0, 0)
             for worker in range(self.n_workers):
                 _signal(self._go, self._worker_sleeps, self._worker_wakeup, worker, self._phase)
             wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
@@ -146,25 +165,78 @@ class SpinPool:
             self._job = None
             self._busy.release()
 
+    def run_job(self, job):
+        """Run a job of native tasks (see ``_spin.run_job``); return when all are done.
+
+        Like :meth:`run`, but nothing of the phase takes the GIL: a spinning
+        worker runs its share from its loop in ``_spin.serve``, and the
+        calling thread from ``_spin.run_job``. Where ``CAN_SPIN`` is False,
+        or while :meth:`run` would run on the calling thread alone, the
+        calling thread runs every task.
+        """
+        if (not CAN_SPIN or job[0] < 2
+                or (self._serial_until and time.perf_counter_ns() < self._serial_until)
+                or not self._busy.acquire(blocking=False)):
+            run_job(job)
+            return
+        try:
+            self._phase += 1
+            self._job = None
+            self._native_job = job
+            store(self._job_address, 0, job.ctypes.data)
+            for worker in range(self.n_workers):
+                _signal(self._go, self._worker_sleeps, self._worker_wakeup, worker, self._phase)
+            wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
+            run_job(job)
+            self._note_core_share(self.n_workers, time.perf_counter_ns() - wall,
+                                  time.thread_time_ns() - cpu)
+            for worker in range(self.n_workers):
+                self._wait(self._done, self._caller_sleeps, self._caller_wakeup, worker,
+                           self._phase)
+                # The worker could not note them itself without the GIL.
+                wall, cpu = self._job_times[worker]
+                self._job_times[worker] = 0
+                self._note_core_share(worker, int(wall), int(cpu))
+        finally:
+            store(self._job_address, 0, 0)
+            self._native_job = None
+            self._busy.release()
+
     def _serve(self, worker):
         if self._initializer is not None:
             self._initializer()
-        phase = 0
+        phase, report = 0, True
         while True:
-            spin_ns = self._spin_budget()
             # Report the last phase done and look out for the next one,
-            # without taking the GIL in between (see _spin).
-            outcome = signal_then_spin_until(self._done, self._caller_sleeps, worker, phase,
-                                             self._go, worker, phase + 1, spin_ns,
-                                             self._settle_ns)
+            # without taking the GIL in between (see _spin); native jobs run
+            # there too, so the loop comes back here only for a Python job,
+            # to sleep or to wake the caller.
+            if CAN_SPIN:
+                outcome, phase = serve(self._go, self._done, self._caller_sleeps, worker, phase,
+                                       report, self._job_address, self._job_times,
+                                       self._no_spin_until, self._spin_ns, self._settle_ns)
+            elif report:
+                outcome = signal_then_spin_until(self._done, self._caller_sleeps, worker, phase,
+                                                 self._go, worker, phase + 1, 0, 0)
+                phase += outcome == SEEN
+            else:
+                outcome = SEEN if load(self._go, worker) > phase else TIMED_OUT
+                phase += outcome == SEEN
+            report = True
             if outcome == WAKE_WAITER:
                 self._caller_wakeup[worker].release()
-                outcome = SEEN if spin_until(self._go, worker, phase + 1, spin_ns) else TIMED_OUT
-            phase += 1
-            if outcome != SEEN:
+                report = False
+                continue
+            if outcome == TIMED_OUT:
+                phase += 1
                 self._wait(self._go, self._worker_sleeps, self._worker_wakeup, worker, phase,
                            spin=False)
             wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
+            if load(self._job_address, 0):
+                run_job(self._native_job)
+                self._job_times[worker] = (time.perf_counter_ns() - wall,
+                                           time.thread_time_ns() - cpu)
+                continue
             try:
                 self._job()
             except BaseException as error:  # re-raised in the calling thread
@@ -206,13 +278,12 @@ class SpinPool:
         rate = self._starved_rate[thread] = (
             _STARVED_DECAY * self._starved_rate[thread] + (1 - _STARVED_DECAY) * starved)
         if rate > _NO_SPIN_RATE:
-            until = time.perf_counter_ns() + _CAUTIOUS_NS
-            self._no_spin_until = until
+            store(self._no_spin_until, 0, now_ns() + _CAUTIOUS_NS)
             if rate > _SERIAL_RATE:
-                self._serial_until = until
+                self._serial_until = time.perf_counter_ns() + _CAUTIOUS_NS
 
     def _spin_budget(self):
-        if self._no_spin_until and time.perf_counter_ns() < self._no_spin_until:
+        if now_ns() < load(self._no_spin_until, 0):
             return 0
         return self._spin_ns
 

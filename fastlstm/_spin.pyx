@@ -17,7 +17,7 @@ spin-waits give up at once, so that the pool sleeps as a plain thread pool
 would.
 """
 
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, intptr_t
 
 cdef extern from *:
     """
@@ -31,9 +31,17 @@ cdef extern from *:
         return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST,
                                            __ATOMIC_SEQ_CST);
     }
+    static inline int64_t fastlstm_fetch_add(int64_t *p, int64_t v) {
+        return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
+    }
     static inline int64_t fastlstm_now_ns(void) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    }
+    static inline int64_t fastlstm_thread_cpu_ns(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
         return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
     }
     #if defined(__x86_64__) || defined(__i386__)
@@ -51,15 +59,28 @@ cdef extern from *:
         *p = desired;
         return 1;
     }
+    static inline int64_t fastlstm_fetch_add(int64_t *p, int64_t v) {
+        int64_t old = *p;
+        *p = old + v;
+        return old;
+    }
     static inline int64_t fastlstm_now_ns(void) { return 0; }
+    static inline int64_t fastlstm_thread_cpu_ns(void) { return 0; }
     static inline void fastlstm_relax(void) { }
     #endif
+    typedef void (*fastlstm_native_task)(int64_t *);
+    static inline void fastlstm_call_native(int64_t function, int64_t arguments) {
+        ((fastlstm_native_task)(intptr_t)function)((int64_t *)(intptr_t)arguments);
+    }
     """
     bint FASTLSTM_CAN_SPIN
     int64_t fastlstm_load(int64_t *p) nogil
     void fastlstm_store(int64_t *p, int64_t v) nogil
     bint fastlstm_cas(int64_t *p, int64_t expected, int64_t desired) nogil
+    int64_t fastlstm_fetch_add(int64_t *p, int64_t v) nogil
     int64_t fastlstm_now_ns() nogil
+    int64_t fastlstm_thread_cpu_ns() nogil
+    void fastlstm_call_native(int64_t function, int64_t arguments) nogil
     void fastlstm_relax() nogil
 
 CAN_SPIN = bool(FASTLSTM_CAN_SPIN)
@@ -155,3 +176,95 @@ def signal_then_spin_until(int64_t[::1] signal_flags, int64_t[::1] sleeping_flag
         elif _spin(flag, target, max_ns, settle_ns):
             outcome = OUTCOME_SEEN
     return outcome
+
+
+# Native tasks: compiled functions ``void f(int64_t *arguments)`` (numba
+# cfuncs, see ``_kernels.numba_lstm.entry_addresses``) that a thread runs without the GIL.
+# A job is an int64 array: [n_tasks, next task to take, then per task the
+# function's address and its argument block's address].
+cdef enum:
+    JOB_HEADER = 2
+
+
+cdef void _run_job(int64_t *job) noexcept nogil:
+    """Take the job's tasks one at a time, until none is left."""
+    cdef int64_t index
+    while True:
+        index = fastlstm_fetch_add(&job[1], 1)
+        if index >= job[0]:
+            return
+        fastlstm_call_native(job[JOB_HEADER + 2 * index], job[JOB_HEADER + 2 * index + 1])
+
+
+def job_header_size():
+    """Entries before the first task in a job array."""
+    return JOB_HEADER
+
+
+def run_job(int64_t[::1] job):
+    """Run the job's tasks not yet taken by another thread; return when none is left.
+
+    Without the GIL where ``CAN_SPIN`` (the task counter is then atomic),
+    with it elsewhere.
+    """
+    if not FASTLSTM_CAN_SPIN:
+        _run_job(&job[0])
+        return
+    with nogil:
+        _run_job(&job[0])
+
+
+def serve(int64_t[::1] go, int64_t[::1] done, int64_t[::1] caller_sleeps, Py_ssize_t worker,
+          int64_t phase, bint report, int64_t[::1] job_address, int64_t[:, ::1] job_times,
+          int64_t[::1] no_spin_until, int64_t spin_ns, int64_t settle_ns):
+    """A worker's loop for as long as its phases are native jobs; without the GIL.
+
+    Repeats: report ``phase`` done (``done[worker] = phase``; skipped the
+    first time if ``report`` is False), spin until ``go[worker] > phase``,
+    then run the job found at ``job_address[0]`` and write its wall and
+    thread CPU times, in ns, to ``job_times[worker]``. Returns ``(outcome,
+    phase)`` when the next phase is not a native job (``SEEN``: the worker
+    runs it with the GIL; ``job_address[0]`` is 0), when the spin timed out
+    (``TIMED_OUT``: the worker goes to sleep), or when the caller, waiting
+    for the reported phase, sleeps (``WAKE_WAITER``: the worker wakes it,
+    then calls again with ``report`` False). The spin budget is 0 while
+    ``no_spin_until[0]`` (a CLOCK_MONOTONIC time in ns) lies ahead, and a
+    Python job is given ``settle_ns`` (see :func:`signal_then_spin_until`).
+    """
+    cdef int64_t *go_flag = &go[worker]
+    cdef int64_t *done_flag = &done[worker]
+    cdef int64_t *sleeping = &caller_sleeps[worker]
+    cdef int64_t *address = &job_address[0]
+    cdef int64_t budget, job, wall, cpu
+    cdef int outcome
+    if not FASTLSTM_CAN_SPIN:
+        raise RuntimeError("native jobs need atomics (see CAN_SPIN)")
+    with nogil:
+        while True:
+            if report:
+                fastlstm_store(done_flag, phase)
+                if fastlstm_cas(sleeping, 1, 0):
+                    outcome = OUTCOME_WAKE_WAITER
+                    break
+            report = True
+            budget = 0 if fastlstm_now_ns() < fastlstm_load(&no_spin_until[0]) else spin_ns
+            if not _spin(go_flag, phase + 1, budget, 0):
+                outcome = OUTCOME_TIMED_OUT
+                break
+            phase += 1
+            job = fastlstm_load(address)
+            if job == 0:
+                _spin(go_flag, phase, 0, settle_ns)
+                outcome = OUTCOME_SEEN
+                break
+            wall = fastlstm_now_ns()
+            cpu = fastlstm_thread_cpu_ns()
+            _run_job(<int64_t *> <intptr_t> job)
+            job_times[worker, 0] = fastlstm_now_ns() - wall
+            job_times[worker, 1] = fastlstm_thread_cpu_ns() - cpu
+    return outcome, phase
+
+
+def now_ns():
+    """The clock :func:`serve` reads ``no_spin_until`` by (CLOCK_MONOTONIC), in ns."""
+    return fastlstm_now_ns()

@@ -25,11 +25,17 @@ AVX-512 kernel where the CPU has one (``own_gemm.h``, via ``_matmul``), else
 on BLAS through ``np.dot``.
 
 Every array, outputs and workspaces included, is allocated by the caller.
+The end of the file has the kernels' native entries: C functions that run
+them on packed arguments, without the GIL (see "Native entries").
 """
+
+import threading
 
 import llvmlite.binding
 import numpy as np
-from numba import njit, types
+from numba import carray, cfunc, njit, types
+from numba.core.caching import FunctionCache
+from numba.extending import intrinsic
 
 from . import _gemm
 from ._activations import (
@@ -426,3 +432,108 @@ def lstm_backward(
     for row in range(_u(n_rows)):
         for k in range(_u(dbias.shape[0])):
             dbias[k] += dG[row, k]
+
+
+# Native entries -------------------------------------------------------------
+# ``lstm_forward`` and ``lstm_backward`` called from Python go through numba's
+# dispatcher, which types every argument (10-15 us per W1 call) and needs the
+# GIL to start and to return. A pool worker that calls them so takes the GIL
+# twice per phase, each time after the calling thread let it go: in a W1
+# training step the worker's kernel started 23-51 us after the caller's. The
+# C functions below take the kernel's arguments packed by
+# ``_kernel_arguments.pack`` into one int64 block, rebuild the arrays from
+# their addresses and shapes, and call the same compiled kernel, so that
+# ``_spin.serve`` runs a whole phase without the GIL; they give the
+# dispatcher's bits (tested). Only float32 has entries (fastlstm's default,
+# the dtype of the own GEMM); float64 and the other backends run through
+# Python. They live in this file because numba's cache keys them by this
+# file's source: a change to the kernels recompiles them too. Importing the
+# module compiles none of them; :func:`entry_addresses` compiles a dtype's,
+# or loads them from the cache, on first use.
+
+@intrinsic
+def _address_to_pointer(typingctx, address):
+    """The int64 ``address`` as a ``void *``."""
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(types.voidptr))
+    return types.voidptr(types.int64), codegen
+
+
+# Argument i occupies block[3 i : 3 i + 3] (see _kernel_arguments).
+@njit(inline="always")
+def _matrix(block, i, dtype):
+    return carray(_address_to_pointer(block[3 * i]), (block[3 * i + 1], block[3 * i + 2]), dtype)
+
+
+@njit(inline="always")
+def _vector(block, i, dtype):
+    return carray(_address_to_pointer(block[3 * i]), (block[3 * i + 1],), dtype)
+
+
+_F32 = np.float32
+
+
+def _forward_float32(block):
+    """:func:`lstm_forward` on the arguments packed in ``block`` (signature ``FORWARD``)."""
+    m, v = _matrix, _vector
+    lstm_forward(
+        m(block, 0, _F32), v(block, 1, np.int64), m(block, 2, _F32), m(block, 3, _F32),
+        v(block, 4, _F32), m(block, 5, _F32), m(block, 6, _F32), m(block, 7, _F32),
+        block[3 * 8] != 0, block[3 * 9], block[3 * 10],
+        m(block, 11, _F32), m(block, 12, _F32), m(block, 13, _F32), m(block, 14, _F32),
+        m(block, 15, _F32), m(block, 16, _F32), m(block, 17, _F32), m(block, 18, _F32),
+        m(block, 19, _F32),
+    )
+
+
+def _backward_float32(block):
+    """:func:`lstm_backward` on the arguments packed in ``block`` (signature ``BACKWARD``)."""
+    m, v = _matrix, _vector
+    lstm_backward(
+        m(block, 0, _F32), v(block, 1, np.int64), m(block, 2, _F32), m(block, 3, _F32),
+        v(block, 4, _F32), m(block, 5, _F32), m(block, 6, _F32), m(block, 7, _F32),
+        block[3 * 8] != 0, block[3 * 9], block[3 * 10],
+        m(block, 11, _F32), m(block, 12, _F32), m(block, 13, _F32), m(block, 14, _F32),
+        m(block, 15, _F32), m(block, 16, _F32), m(block, 17, _F32), m(block, 18, _F32),
+        m(block, 19, _F32), m(block, 20, _F32), m(block, 21, _F32), v(block, 22, _F32),
+        m(block, 23, _F32), m(block, 24, _F32), m(block, 25, _F32), m(block, 26, _F32),
+        m(block, 27, _F32), m(block, 28, _F32),
+    )
+
+
+# dtype -> the Python functions of its (forward, backward) entries.
+_ENTRIES = {np.dtype(np.float32): (_forward_float32, _backward_float32)}
+_SIGNATURE = types.void(types.CPointer(types.int64))
+_compiled = {}
+_compile_lock = threading.Lock()
+
+
+def entry_addresses(dtype):
+    """The addresses of the (forward, backward) entries for ``dtype``, or None.
+
+    Compiled, or loaded from numba's on-disk cache, on the first call for a
+    dtype; the compiled functions live as long as the process.
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in _ENTRIES:
+        return None
+    with _compile_lock:
+        if dtype not in _compiled:
+            # Decorated here, not where defined, so that importing this
+            # module compiles nothing.
+            _compiled[dtype] = [cfunc(_SIGNATURE, nopython=True, nogil=True, cache=True)(function)
+                                for function in _ENTRIES[dtype]]
+    return tuple(entry.address for entry in _compiled[dtype])
+
+
+def entries_cached():
+    """Whether numba's on-disk cache holds every entry (compiles nothing).
+
+    Reads the cache index as ``_backends.numba_kernels_cached`` does for the
+    kernels: numba internals, so any surprise reads as "not cached".
+    """
+    try:
+        return all(bool(FunctionCache(function)._cache_file._load_index())
+                   for functions in _ENTRIES.values() for function in functions)
+    except Exception:  # noqa: BLE001 - internals of another numba version
+        return False

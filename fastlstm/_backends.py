@@ -44,8 +44,8 @@ _REGISTRY = {
 BACKEND_NAMES = ("auto",) + tuple(_REGISTRY)
 
 
-# name -> module whose entry_addresses(dtype) gives native entries (C
-# functions on packed arguments, see _kernels.numba_lstm.entry_addresses) for some dtypes.
+# name -> module whose entry_addresses(dtype) gives the native entries of
+# some dtypes (C functions on packed arguments).
 _NATIVE_ENTRIES = {"numba": "fastlstm._kernels.numba_lstm"}
 
 
@@ -62,7 +62,8 @@ class Backend:
 
         A native entry runs the kernel on arguments packed by
         :func:`fastlstm._kernels._kernel_arguments.pack`, without the GIL
-        (see ``_kernels.numba_lstm.entry_addresses``). Compiles them on the first call.
+        (see ``_kernels.numba_lstm.entry_addresses``). Compiles them on the
+        first call.
         """
         module = _NATIVE_ENTRIES.get(self.name)
         if module is None:
@@ -106,8 +107,8 @@ def get_backend(name):
 def numba_kernels_cached():
     """Whether numba's on-disk cache holds up-to-date compiled LSTM kernels.
 
-    The native entries (``numba_lstm.entry_addresses``) count among them. Reads
-    the cache index numba keeps for the kernels (it is stale, and read
+    The native entries (``numba_lstm.entry_addresses``) count among them.
+    Reads the cache index numba keeps for the kernels (it is stale, and read
     as empty, when the kernels' source changed); it compiles nothing. This
     uses numba internals, so any surprise reads as "not cached".
     """

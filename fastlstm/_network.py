@@ -14,12 +14,12 @@ has its own output and gradient buffers, so the result does not depend on the
 number of threads, only on the sharding, which the caller fixes.
 
 Where the backend has native entries for the dtype (numba, float32; see
-``_kernels.numba_lstm.entry_addresses``), a layer's tasks run as one native job: their
-arguments packed once on the calling thread, every task a C call, so that
-no thread takes the GIL or goes through numba's dispatcher for them. Tasks
-that need Python around the kernel (a copy into a bidirectional layer's
-output, a non-contiguous gradient) run as Python tasks; both run the same
-compiled kernels and give the same bits.
+``_kernels.numba_lstm.entry_addresses``), a layer's tasks run as one native
+job: their arguments packed once on the calling thread, every task a C
+call, so that no thread takes the GIL or goes through numba's dispatcher for
+them. Tasks that need Python around the kernel (a copy into a bidirectional
+layer's output, a non-contiguous gradient) run as Python tasks; both run the
+same compiled kernels and give the same bits.
 """
 
 import threading
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._kernels._kernel_arguments import BACKWARD, FORWARD, pack_job
-from ._spin import job_header_size, run_job
+from ._spin import CAN_SPIN, job_header_size, run_job
 from ._weights import GATES
 
 
@@ -129,9 +129,12 @@ def _run_kernel_tasks(executor, entry, signature, kernel_arguments, function, ta
     ``entry`` is the native entry's address (None: the backend has none for
     this dtype); ``kernel_arguments[i]`` is the whole argument tuple of task
     ``i``'s kernel call when the task is nothing but that call, else None.
+    Without atomics (``CAN_SPIN``) a pool would run a native job on one
+    thread, so its tasks run as Python tasks there.
     """
     job = None
-    if entry is not None and all(arguments is not None for arguments in kernel_arguments):
+    if (entry is not None and (executor is None or CAN_SPIN)
+            and all(arguments is not None for arguments in kernel_arguments)):
         job = pack_job(entry, signature, kernel_arguments, job_header_size())
     if job is None:
         _run_tasks(executor, function, tasks)
@@ -489,13 +492,15 @@ def network_backward(params, grads, shape, shards, backend, forward_results, *,
         scratch_shapes = dict(dG=(n_rows, GATES * hidden))
         if project:
             scratch_shapes.update(dH_total=(n_rows, state), dM=(batch_size, hidden))
-        workspaces = None if scratch is None else _workspaces(scratch, scratch_shapes, saved["M"])
+        workspaces = (None if scratch is None
+                      else scratch_workspaces(scratch, scratch_shapes, saved["M"]))
         # Both torch biases enter the gates as one sum, so they share a
         # gradient, copied once the layer's tasks are done.
         bias_copies.append((shard_grads[f"bias_hh_{name}"], d_bias))
         return before_dH, d_output_columns, after_dH, scratch_shapes, saved["M"], workspaces
 
-    def _workspaces(scratch, scratch_shapes, no_projection):
+    def scratch_workspaces(scratch, scratch_shapes, no_projection):
+        """The kernel's dG, dH_total and dM (the (0, 0) stand-in where not used)."""
         dtype = no_projection.dtype
         return tuple(scratch(name, scratch_shapes[name], dtype) if name in scratch_shapes
                      else no_projection for name in ("dG", "dH_total", "dM"))
@@ -503,13 +508,13 @@ def network_backward(params, grads, shape, shards, backend, forward_results, *,
     def run(before_dH, d_output_columns, after_dH, scratch_shapes, no_projection, workspaces):
         if workspaces is None:
             # Per-thread scratch: taken by the thread that runs the kernel.
-            workspaces = _workspaces(_scratch(workspace), scratch_shapes, no_projection)
+            workspaces = scratch_workspaces(_scratch(workspace), scratch_shapes, no_projection)
         backend.backward(*before_dH, np.ascontiguousarray(d_output_columns), *after_dH,
                          *workspaces)
 
     def kernel_arguments(before_dH, d_output_columns, after_dH, scratch_shapes, no_projection,
                          workspaces):
-        """The kernel call's arguments, if that call is the whole task (see _native_job)."""
+        """The kernel call's arguments, if that call is the whole task."""
         if workspaces is None:
             return None
         return before_dH + (d_output_columns,) + after_dH + workspaces

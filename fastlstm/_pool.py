@@ -142,8 +142,7 @@ class SpinPool:
             return
         try:
             self._phase += 1
-            self._job = work
-            store(self._job_address, 0, 0)
+            self._job = work  # _job_address is 0 outside run_job
             for worker in range(self.n_workers):
                 _signal(self._go, self._worker_sleeps, self._worker_wakeup, worker, self._phase)
             wall, cpu = time.perf_counter_ns(), time.thread_time_ns()

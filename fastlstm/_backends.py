@@ -65,13 +65,16 @@ class Backend:
         (see ``_kernels.numba_lstm.entry_addresses``). Compiles them on the
         first call.
         """
-        module = _NATIVE_ENTRIES.get(self.name)
-        if module is None:
-            return None
-        return importlib.import_module(module).entry_addresses(dtype)
+        key = (self.name, dtype)
+        if key not in _native_addresses:  # asked for every layer of every step
+            module = _NATIVE_ENTRIES.get(self.name)
+            _native_addresses[key] = (
+                None if module is None else importlib.import_module(module).entry_addresses(dtype))
+        return _native_addresses[key]
 
 
 _loaded = {}
+_native_addresses = {}  # (backend name, dtype) -> Backend.native_entries
 _auto_choice = None
 _auto_lock = threading.Lock()
 

@@ -520,10 +520,12 @@ def entry_addresses(dtype):
     with _compile_lock:
         if dtype not in _compiled:
             # Decorated here, not where defined, so that importing this
-            # module compiles nothing.
-            _compiled[dtype] = [cfunc(_SIGNATURE, nopython=True, nogil=True, cache=True)(function)
-                                for function in _ENTRIES[dtype]]
-    return tuple(entry.address for entry in _compiled[dtype])
+            # module compiles nothing. The CFunc objects are kept: their
+            # code lives as long as they do.
+            entries = [cfunc(_SIGNATURE, nopython=True, nogil=True, cache=True)(function)
+                       for function in _ENTRIES[dtype]]
+            _compiled[dtype] = entries, tuple(entry.address for entry in entries)
+    return _compiled[dtype][1]
 
 
 def entries_cached():

@@ -255,3 +255,14 @@ def test_native_and_python_phases_interleave_and_every_task_runs_once(spin_ns):
     # calling thread and on at least one worker, and nowhere else.
     assert callers <= threads and threads & workers
     assert threads <= workers | callers
+
+
+def test_the_entries_count_as_cached_only_where_numbas_cache_holds_them(tmp_path, monkeypatch):
+    import numba
+
+    from fastlstm._kernels import numba_lstm
+
+    numba_lstm.entry_addresses(np.float32)  # compiled, or loaded, and in the cache
+    assert numba_lstm.entries_cached()
+    monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path))  # an empty cache
+    assert not numba_lstm.entries_cached()

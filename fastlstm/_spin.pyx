@@ -8,7 +8,10 @@ puts the waiting thread to sleep in the kernel and costs 50-100 us to wake it
 kernel), a tenth of a W1 step. Here the waiting thread spins, for a bounded
 time and without the GIL, on a flag the other thread sets, and only then
 goes to sleep: a hand-off then costs about the time to see a cache line
-change (+12 us per phase, same measurement).
+change (+12 us per phase, same measurement). A phase of native tasks (C
+functions on packed arguments) runs here entirely: a worker's loop in
+:func:`serve` reports a phase done, spins for the next and runs it, without
+taking the GIL at all.
 
 Flags are int64 entries of NumPy arrays, read and written with sequentially
 consistent atomics (GCC/Clang builtins). Elsewhere (MSVC) ``CAN_SPIN`` is
@@ -179,9 +182,9 @@ def signal_then_spin_until(int64_t[::1] signal_flags, int64_t[::1] sleeping_flag
 
 
 # Native tasks: compiled functions ``void f(int64_t *arguments)`` (numba
-# cfuncs, see ``_kernels.numba_lstm.entry_addresses``) that a thread runs without the GIL.
-# A job is an int64 array: [n_tasks, next task to take, then per task the
-# function's address and its argument block's address].
+# cfuncs, see ``_kernels.numba_lstm.entry_addresses``) that a thread runs
+# without the GIL. A job is an int64 array: [n_tasks, next task to take, then
+# per task the function's address and its argument block's address].
 cdef enum:
     JOB_HEADER = 2
 

@@ -30,7 +30,7 @@ def _forward_arguments(rng, n_rows=7, batch_size=3, n_features=2, hidden=4, dtyp
         return rng.standard_normal(shape).astype(dtype)
 
     return (matrix(n_rows, n_features), np.array([3, 2, 2], dtype=np.int64),
-            matrix(4 * hidden, n_features), matrix(4 * hidden, hidden), matrix(4 * hidden)[0:],
+            matrix(4 * hidden, n_features), matrix(4 * hidden, hidden), matrix(4 * hidden),
             np.zeros((0, 0), dtype), matrix(batch_size, hidden), matrix(batch_size, hidden),
             True, 1, 0) + tuple(matrix(n_rows, hidden) for _ in range(6)) + (
             matrix(batch_size, hidden), matrix(batch_size, hidden), matrix(9, 4 * hidden))

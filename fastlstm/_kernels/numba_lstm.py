@@ -451,6 +451,7 @@ def lstm_backward(
 # module compiles none of them; :func:`entry_addresses` compiles a dtype's,
 # or loads them from the cache, on first use.
 
+
 @intrinsic
 def _address_to_pointer(typingctx, address):
     """The int64 ``address`` as a ``void *``."""
@@ -522,7 +523,7 @@ def entry_addresses(dtype):
             # Decorated here, not where defined, so that importing this
             # module compiles nothing. The CFunc objects are kept: their
             # code lives as long as they do.
-            entries = [cfunc(_SIGNATURE, nopython=True, nogil=True, cache=True)(function)
+            entries = [cfunc(_SIGNATURE, nopython=True, cache=True)(function)
                        for function in _ENTRIES[dtype]]
             _compiled[dtype] = entries, tuple(entry.address for entry in entries)
     return _compiled[dtype][1]

@@ -474,32 +474,33 @@ def _vector(block, i, dtype):
 _F32 = np.float32
 
 
+@njit(inline="always")
+def _leading_float32(block):
+    """Arguments 0-10, the same in both kernels: inputs, weights, initial states, kinds."""
+    m, v = _matrix, _vector
+    return (m(block, 0, _F32), v(block, 1, np.int64), m(block, 2, _F32), m(block, 3, _F32),
+            v(block, 4, _F32), m(block, 5, _F32), m(block, 6, _F32), m(block, 7, _F32),
+            block[3 * 8] != 0, block[3 * 9], block[3 * 10])
+
+
 def _forward_float32(block):
     """:func:`lstm_forward` on the arguments packed in ``block`` (signature ``FORWARD``)."""
-    m, v = _matrix, _vector
-    lstm_forward(
-        m(block, 0, _F32), v(block, 1, np.int64), m(block, 2, _F32), m(block, 3, _F32),
-        v(block, 4, _F32), m(block, 5, _F32), m(block, 6, _F32), m(block, 7, _F32),
-        block[3 * 8] != 0, block[3 * 9], block[3 * 10],
-        m(block, 11, _F32), m(block, 12, _F32), m(block, 13, _F32), m(block, 14, _F32),
-        m(block, 15, _F32), m(block, 16, _F32), m(block, 17, _F32), m(block, 18, _F32),
-        m(block, 19, _F32),
-    )
+    m = _matrix
+    lstm_forward(*_leading_float32(block),
+                 m(block, 11, _F32), m(block, 12, _F32), m(block, 13, _F32), m(block, 14, _F32),
+                 m(block, 15, _F32), m(block, 16, _F32), m(block, 17, _F32), m(block, 18, _F32),
+                 m(block, 19, _F32))
 
 
 def _backward_float32(block):
     """:func:`lstm_backward` on the arguments packed in ``block`` (signature ``BACKWARD``)."""
-    m, v = _matrix, _vector
-    lstm_backward(
-        m(block, 0, _F32), v(block, 1, np.int64), m(block, 2, _F32), m(block, 3, _F32),
-        v(block, 4, _F32), m(block, 5, _F32), m(block, 6, _F32), m(block, 7, _F32),
-        block[3 * 8] != 0, block[3 * 9], block[3 * 10],
-        m(block, 11, _F32), m(block, 12, _F32), m(block, 13, _F32), m(block, 14, _F32),
-        m(block, 15, _F32), m(block, 16, _F32), m(block, 17, _F32), m(block, 18, _F32),
-        m(block, 19, _F32), m(block, 20, _F32), m(block, 21, _F32), v(block, 22, _F32),
-        m(block, 23, _F32), m(block, 24, _F32), m(block, 25, _F32), m(block, 26, _F32),
-        m(block, 27, _F32), m(block, 28, _F32),
-    )
+    m = _matrix
+    lstm_backward(*_leading_float32(block),
+                  m(block, 11, _F32), m(block, 12, _F32), m(block, 13, _F32), m(block, 14, _F32),
+                  m(block, 15, _F32), m(block, 16, _F32), m(block, 17, _F32), m(block, 18, _F32),
+                  m(block, 19, _F32), m(block, 20, _F32), m(block, 21, _F32),
+                  _vector(block, 22, _F32), m(block, 23, _F32), m(block, 24, _F32),
+                  m(block, 25, _F32), m(block, 26, _F32), m(block, 27, _F32), m(block, 28, _F32))
 
 
 # dtype -> the Python functions of its (forward, backward) entries.

@@ -191,7 +191,8 @@ _native_task = None
 
 
 def _native_task_address():
-    """A native task: write pthread_self(), block[1] squared and a hash into block[2:5]."""
+    """A native task: write pthread_self(), block[1] squared and a hash into block[2:5],
+    and count its runs in block[5]."""
     global _native_task
     if _native_task is None:
         from numba import cfunc, types
@@ -208,6 +209,7 @@ def _native_task_address():
             block[2] = pthread_self()
             block[3] = block[1] * block[1]
             block[4] = state
+            block[5] += 1
 
         _native_task = task
     return _native_task.address
@@ -216,7 +218,7 @@ def _native_task_address():
 def _squares_job(n_tasks, work):
     """A job of ``n_tasks`` native tasks, and the blocks they write."""
     header = _spin.job_header_size()
-    blocks = np.zeros((n_tasks, 5), dtype=np.int64)
+    blocks = np.zeros((n_tasks, 6), dtype=np.int64)
     blocks[:, 0], blocks[:, 1], blocks[:, 3] = work, np.arange(n_tasks), -1
     job = np.zeros(header + 2 * n_tasks, dtype=np.int64)
     job[0] = n_tasks
@@ -243,6 +245,7 @@ def test_native_and_python_phases_interleave_and_every_task_runs_once(spin_ns):
                 job, blocks = _squares_job(n_tasks, work=int(rng.integers(0, 300_000)))
                 pool.run_job(job)
                 np.testing.assert_array_equal(blocks[:, 3], np.arange(n_tasks) ** 2)
+                np.testing.assert_array_equal(blocks[:, 5], 1)  # each task once
                 assert job[1] >= n_tasks
                 threads.update(blocks[:, 2].tolist())
             else:
@@ -266,3 +269,34 @@ def test_the_entries_count_as_cached_only_where_numbas_cache_holds_them(tmp_path
     assert numba_lstm.entries_cached()
     monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path))  # an empty cache
     assert not numba_lstm.entries_cached()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not _spin.CAN_SPIN,
+                    reason="the test task calls pthread_self; native jobs need atomics")
+def test_jobs_from_two_threads_at_once_each_run_every_task_once():
+    # Two fits in two threads share one pool: while one thread's phase runs,
+    # the other runs its tasks on its own thread (SpinPool.run_job).
+    from test_pool import _within
+
+    pool = SpinPool(1)
+    failures = []
+
+    def submit(seed):
+        rng = np.random.default_rng(seed)
+        for _ in range(100):
+            n_tasks = int(rng.integers(2, 6))
+            job, blocks = _squares_job(n_tasks, work=int(rng.integers(0, 300_000)))
+            pool.run_job(job)
+            if (blocks[:, 3].tolist() != (np.arange(n_tasks) ** 2).tolist()
+                    or blocks[:, 5].tolist() != [1] * n_tasks):
+                failures.append(blocks[:, [3, 5]].tolist())
+
+    def both():
+        threads = [threading.Thread(target=submit, args=(seed,)) for seed in (1, 2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    _within(120, both)
+    assert not failures

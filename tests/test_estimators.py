@@ -259,3 +259,23 @@ def test_weights_are_initialised_with_blas_on_one_thread(monkeypatch):
     X, y = make_sign_task(20)
     LSTMClassifier(**FAST).fit(X, y)
     assert len(seen) == 1 and seen[0] and set(seen[0].values()) == {1}, seen
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [(0, 0), (40, 3), (95, 499), (99, 0)])
+def test_a_non_finite_value_is_named_by_sequence_and_step_in_any_group(where, bad_value):
+    # Finiteness is checked over groups of sequences at once (_FINITE_GROUP
+    # values): 100 sequences of 500 x 12 make several groups, and the error
+    # must still name the first offending sequence and step.
+    from fastlstm._validation import _FINITE_GROUP, check_sequences
+
+    rng = np.random.default_rng(0)
+    X = [rng.standard_normal((500, 12)) for _ in range(100)]
+    assert sum(x.size for x in X) > 3 * _FINITE_GROUP
+    sequence, step = where
+    # Later bad values, in the same sequence and in the last one, are not the first.
+    for index, row, column in ((sequence, step, 5), (sequence, -1, 0), (99, -1, -1)):
+        X[index][row, column] = bad_value
+    with pytest.raises(ValueError, match=rf"Sequence {sequence} of X contains NaN or infinity "
+                                         rf"\(first at step {step}\)"):
+        check_sequences(X, dtype=np.dtype(np.float32))

@@ -42,6 +42,7 @@ from ._trainer import (
     effective_n_threads,
     network_outputs,
     single_threaded_blas,
+    split_rows,
 )
 from ._validation import check_sequences, check_step_targets, is_per_step_target
 from ._weights import (
@@ -512,9 +513,7 @@ or list of array-like of shape (T_i,) or (T_i, n_outputs)
 
     def _split_steps(self, values, lengths):
         """Per-step rows as a list of per-sequence arrays (views of ``values``)."""
-        # Slices rather than np.split: 5 instead of 18 us for 27 sequences.
-        ends = np.cumsum(lengths).tolist()
-        return [values[start:end] for start, end in zip([0] + ends[:-1], ends)]
+        return split_rows(values, lengths)
 
     def reset_state(self):
         """Forget the state kept by :meth:`predict_and_update_state`.

@@ -17,6 +17,7 @@ gives bit-identical models with any ``n_jobs``.
 """
 
 import functools
+import itertools
 import os
 import sys
 import threading
@@ -240,10 +241,14 @@ def _joined(parts):
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def _split(array, sizes):
+def split_rows(array, sizes):
     """``array`` cut into consecutive row blocks of ``sizes``; views, not copies."""
-    # np.split costs microseconds even for one part, and a step usually has one.
-    return [array] if len(sizes) == 1 else np.split(array, np.cumsum(sizes)[:-1])
+    # Slices rather than np.split, which took 28 us for two parts inside a W2
+    # training step (5 us alone); these take 2-3 us.
+    if len(sizes) == 1:
+        return [array]
+    ends = list(itertools.accumulate(sizes))
+    return [array[start:end] for start, end in zip([0] + ends[:-1], ends)]
 
 
 def pack_shards(sequences, lengths, order, *, max_length=None, step_starts=None):
@@ -383,7 +388,7 @@ class Trainer:
                 f"The training loss became {value} at epoch {self.epochs_done + 1}; training "
                 "stopped. Lower learning_rate, set gradient_threshold, or normalise the inputs."
             )
-        d_features = _split(d_outputs @ params["head.weight"], sizes)
+        d_features = split_rows(d_outputs @ params["head.weight"], sizes)
         if targets.per_step:
             backward_args = dict(d_outputs=d_features)
         else:

@@ -44,9 +44,9 @@ _REGISTRY = {
 BACKEND_NAMES = ("auto",) + tuple(_REGISTRY)
 
 
-# name -> module whose entry_addresses(dtype) gives the native entries of
-# some dtypes (C functions on packed arguments).
-_NATIVE_ENTRIES = {"numba": "fastlstm._kernels.numba_lstm"}
+# Backends whose module has entry_addresses(dtype): the native entries of
+# some dtypes (C functions that run the registered kernels on packed arguments).
+_WITH_NATIVE_ENTRIES = {"numba"}
 
 
 @dataclass(frozen=True)
@@ -62,19 +62,32 @@ class Backend:
 
         A native entry runs the kernel on arguments packed by
         :func:`fastlstm._kernels._kernel_arguments.pack`, without the GIL
-        (see ``_kernels.numba_lstm.entry_addresses``). Compiles them on the
-        first call.
+        (see ``_kernels.numba_lstm.entry_addresses``). Only the registered
+        kernels have them: a backend around other functions gets None.
+        Compiles them on the first call.
         """
-        key = (self.name, dtype)
+        key = (self.forward, self.backward, dtype)
         if key not in _native_addresses:  # asked for every layer of every step
-            module = _NATIVE_ENTRIES.get(self.name)
-            _native_addresses[key] = (
-                None if module is None else importlib.import_module(module).entry_addresses(dtype))
+            _native_addresses[key] = _find_native_entries(self, dtype)
         return _native_addresses[key]
 
 
+def _find_native_entries(backend, dtype):
+    if backend.name not in _WITH_NATIVE_ENTRIES:
+        return None
+    module_name, forward_name, backward_name = _REGISTRY[backend.name]
+    module = importlib.import_module(module_name)
+    # The entries run the registered kernels: a backend of the same name
+    # around other functions (bench/profile_step.py times the kernels by
+    # wrapping them) has its calls made as it asks.
+    if backend.forward is not getattr(module, forward_name) or (
+            backend.backward is not getattr(module, backward_name)):
+        return None
+    return module.entry_addresses(dtype)
+
+
 _loaded = {}
-_native_addresses = {}  # (backend name, dtype) -> Backend.native_entries
+_native_addresses = {}  # (forward, backward, dtype) -> Backend.native_entries
 _auto_choice = None
 _auto_lock = threading.Lock()
 
@@ -123,7 +136,7 @@ def numba_kernels_cached():
         )
     except Exception:  # noqa: BLE001 - internals of another numba version
         return False
-    return kernels_cached and importlib.import_module(_NATIVE_ENTRIES["numba"]).entries_cached()
+    return kernels_cached and module.entries_cached()
 
 
 # A compile process younger than this holds the lock; an older lock is stale.

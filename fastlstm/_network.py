@@ -146,8 +146,7 @@ def _run_kernel_tasks(executor, entry, signature, kernel_arguments, function, ta
 
 def _native_entries(backend, dtype):
     """The backend's (forward, backward) native entries for ``dtype``, or (None, None)."""
-    entries = getattr(backend, "native_entries", None)
-    return (entries(dtype) if entries is not None else None) or (None, None)
+    return backend.native_entries(dtype) or (None, None)
 
 
 def _task_scratch(workspace, executor, n_tasks):

@@ -94,6 +94,26 @@ class _NativeCalls:
         assert job[1] >= job[0] == 1  # the one task was taken
 
 
+def test_a_backend_around_other_functions_runs_them_not_the_native_entries():
+    # bench/profile_step.py times the kernels by wrapping them in a Backend of
+    # the same name: its calls must reach the wrappers.
+    from fastlstm._backends import Backend
+
+    numba = get_backend("numba")
+    calls = []
+
+    def counted(kernel):
+        return lambda *arguments: (calls.append(kernel.__name__), kernel(*arguments))[1]
+
+    wrapped = Backend("numba", counted(numba.forward), counted(numba.backward))
+    assert wrapped.native_entries(np.float32) is None
+    shape = SHAPES["uni-1"]
+    problem = make_problem(shape, np.float32)
+    params = unflatten(problem["flat"], problem["shapes"])
+    network_forward(params, shape, problem["shards"], wrapped, keep_outputs=False)
+    assert calls == ["lstm_forward"] * len(problem["shards"])
+
+
 def test_only_float32_has_native_entries():
     backend = get_backend("numba")
     assert backend.native_entries(np.float64) is None

@@ -134,28 +134,18 @@ class SpinPool:
                     return
                 function(*tasks[index])
 
-        if self._serial_until and time.perf_counter_ns() < self._serial_until:
-            work()  # see _note_core_share
-            return
-        if len(tasks) < 2 or not self._busy.acquire(blocking=False):
+        if not self._take_for_phase(len(tasks)):
             work()
             return
         try:
-            self._phase += 1
             self._job = work  # _job_address is 0 outside run_job
-            for worker in range(self.n_workers):
-                _signal(self._go, self._worker_sleeps, self._worker_wakeup, worker, self._phase)
-            wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
+            self._start_phase()
             try:
-                work()
+                self._caller_runs(work)
             finally:
-                self._note_core_share(self.n_workers, time.perf_counter_ns() - wall,
-                                      time.thread_time_ns() - cpu)
                 # Wait for every worker even if this thread's task failed:
                 # they write into buffers the caller owns.
-                for worker in range(self.n_workers):
-                    self._wait(self._done, self._caller_sleeps, self._caller_wakeup, worker,
-                               self._phase)
+                self._wait_for_workers()
                 errors = [error for error in self._errors if error is not None]
                 self._errors = [None] * self.n_workers
             if errors:
@@ -173,25 +163,16 @@ class SpinPool:
         or while :meth:`run` would run on the calling thread alone, the
         calling thread runs every task.
         """
-        if (not CAN_SPIN or job[0] < 2
-                or (self._serial_until and time.perf_counter_ns() < self._serial_until)
-                or not self._busy.acquire(blocking=False)):
+        if not CAN_SPIN or not self._take_for_phase(job[0]):
             run_job(job)
             return
         try:
-            self._phase += 1
-            self._job = None
             self._native_job = job
             store(self._job_address, 0, job.ctypes.data)
+            self._start_phase()
+            self._caller_runs(lambda: run_job(job))
+            self._wait_for_workers()
             for worker in range(self.n_workers):
-                _signal(self._go, self._worker_sleeps, self._worker_wakeup, worker, self._phase)
-            wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
-            run_job(job)
-            self._note_core_share(self.n_workers, time.perf_counter_ns() - wall,
-                                  time.thread_time_ns() - cpu)
-            for worker in range(self.n_workers):
-                self._wait(self._done, self._caller_sleeps, self._caller_wakeup, worker,
-                           self._phase)
                 # The worker could not note them itself without the GIL.
                 wall, cpu = self._job_times[worker]
                 self._job_times[worker] = 0
@@ -200,6 +181,34 @@ class SpinPool:
             store(self._job_address, 0, 0)
             self._native_job = None
             self._busy.release()
+
+    def _take_for_phase(self, n_tasks):
+        """Take the pool for a phase of ``n_tasks``; False if the calling thread runs it alone.
+
+        It does with fewer than two tasks, while phases run on one thread
+        (see :meth:`_note_core_share`), and while another thread's phase runs.
+        """
+        if n_tasks < 2 or (self._serial_until and time.perf_counter_ns() < self._serial_until):
+            return False
+        return self._busy.acquire(blocking=False)
+
+    def _start_phase(self):
+        self._phase += 1
+        for worker in range(self.n_workers):
+            _signal(self._go, self._worker_sleeps, self._worker_wakeup, worker, self._phase)
+
+    def _caller_runs(self, work):
+        """``work()`` on the calling thread, noting the share of its core it got."""
+        wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
+        try:
+            work()
+        finally:
+            self._note_core_share(self.n_workers, time.perf_counter_ns() - wall,
+                                  time.thread_time_ns() - cpu)
+
+    def _wait_for_workers(self):
+        for worker in range(self.n_workers):
+            self._wait(self._done, self._caller_sleeps, self._caller_wakeup, worker, self._phase)
 
     def _serve(self, worker):
         if self._initializer is not None:

@@ -305,10 +305,16 @@ static void fastlstm_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
                                                                    : n_row_blocks;
         for (j0 = 0; j0 < n; j0 += FASTLSTM_NR) {
             const __mmask16 m0 = fastlstm_mask(n - j0), m1 = fastlstm_mask(n - j0 - 16);
+            /* A last panel of at most 16 columns (hidden 100: 3 panels of
+             * 32, then 4 columns) takes the one-register tiles: a wide tile
+             * would do its second register's multiply-adds for nothing.
+             * Both do the same multiply-adds per element, so C's bits do not
+             * depend on which ran. */
+            const fastlstm_tile_fn *panel_tiles = n - j0 <= 16 ? fastlstm_narrow_tiles : tiles;
             for (block = chunk, i0 = chunk_i0; block < last; block++, i0 += rows) {
                 rows = base + (block < extra);
-                tiles[rows](kc, a + i0 * a_rs, a_rs, a_cs, b + j0, ldb,
-                            c + i0 * ldc + j0, ldc, m0, m1, accumulate);
+                panel_tiles[rows](kc, a + i0 * a_rs, a_rs, a_cs, b + j0, ldb,
+                                  c + i0 * ldc + j0, ldc, m0, m1, accumulate);
             }
         }
         chunk_i0 = i0;

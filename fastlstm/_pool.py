@@ -56,7 +56,10 @@ _SHARED_CORE_CPU_SHARE = 0.7
 _STARVED_DECAY = 0.75
 _NO_SPIN_RATE = 0.4
 _SERIAL_RATE = 0.6
-_CAUTIOUS_NS = 50_000_000
+_NO_SPIN_NS = 5_000_000
+_SUSTAINED_NS = 20_000_000
+_SERIAL_MIN_NS = 50_000_000
+_SERIAL_MAX_NS = 400_000_000
 # How long a worker that has seen its start signal waits before it takes the
 # GIL, which the caller still holds while it calls its own first kernel.
 SETTLE_NS = 5_000
@@ -114,6 +117,11 @@ class SpinPool:
         self._no_spin_until = np.zeros(1, dtype=np.int64)
         self._serial_until = 0
         self._starved_rate = [0.0] * (n_workers + 1)  # each worker's, then the caller's
+        # Since when a thread's rate has stayed above _SERIAL_RATE (0: it has
+        # not), and the length of the last serial window.
+        self._starved_since = 0
+        self._starved_thread = None
+        self._serial_ns = _SERIAL_MIN_NS
         self._busy = threading.Lock()
         for worker in range(n_workers):
             threading.Thread(target=self._serve, args=(worker,), name=f"fastlstm-{worker}",
@@ -270,14 +278,25 @@ class SpinPool:
         Each thread keeps a running rate of its tasks short of their core
         (``_STARVED_DECAY``), since on a virtual machine a task now and then
         loses part of its core to the host: above ``_NO_SPIN_RATE`` (two in
-        a row) the pool stops spinning, above ``_SERIAL_RATE`` (four in a
-        row) it also runs its phases on the calling thread, both for
-        ``_CAUTIOUS_NS``, then tries again. This rule has a cost where the
-        competition is brief: right after PyTorch's OpenMP threads worked in
-        the same process, 39 % of the caller's W1 tasks were short of their
-        core, and W1 steps in blocks between PyTorch's took 4.12 ms with
-        it, 2.31 ms on two threads throughout (W2: 2.32 and 2.17 ms); a
-        machine shared with another busy process is the common case.
+        a row) the pool stops spinning for ``_NO_SPIN_NS`` (extended by each
+        such task). Above ``_SERIAL_RATE`` (four in a row) for
+        ``_SUSTAINED_NS`` it also runs its phases on the calling thread for
+        a window, then tries two threads again; the window starts at
+        ``_SERIAL_MIN_NS`` and doubles, up to ``_SERIAL_MAX_NS``, each time
+        the next one starts within a window's length of the last one's end,
+        so that a process that stays busy has the pool trying two threads
+        rarely.
+
+        The wait of ``_SUSTAINED_NS`` is for brief competition, which
+        costs less on two threads than on one: PyTorch's OpenMP threads spin
+        for 8-11 ms after their work in the same process (measured). With
+        windows of 50 ms from the fourth short task, W2 training steps in
+        blocks between PyTorch's ran on one thread 37 % of the time (median
+        step 1.57 ms against 1.00 ms on two threads); W1 steps 4.12 ms,
+        against 2.31 ms on two threads throughout. With the wait, none of
+        those blocks ran on one thread, and with the other core busy the
+        default's steps still took 0.85-1.15x of ``n_jobs=1``'s (W1; W2
+        0.96-1.26x, as before the wait).
         ``thread`` is the worker's index, or ``n_workers`` for the caller.
         """
         if wall_ns < _SHARED_CORE_MIN_NS:
@@ -286,9 +305,19 @@ class SpinPool:
         rate = self._starved_rate[thread] = (
             _STARVED_DECAY * self._starved_rate[thread] + (1 - _STARVED_DECAY) * starved)
         if rate > _NO_SPIN_RATE:
-            store(self._no_spin_until, 0, now_ns() + _CAUTIOUS_NS)
-            if rate > _SERIAL_RATE:
-                self._serial_until = time.perf_counter_ns() + _CAUTIOUS_NS
+            store(self._no_spin_until, 0, now_ns() + _NO_SPIN_NS)
+        if rate <= _SERIAL_RATE:
+            if thread == self._starved_thread:
+                self._starved_since = 0
+            return
+        now = time.perf_counter_ns()
+        if not self._starved_since:
+            self._starved_since, self._starved_thread = now, thread
+        elif now - self._starved_since >= _SUSTAINED_NS:
+            again = now < self._serial_until + self._serial_ns
+            self._serial_ns = min(2 * self._serial_ns, _SERIAL_MAX_NS) if again else _SERIAL_MIN_NS
+            self._serial_until = now + self._serial_ns
+            self._starved_since = 0
 
     def _spin_budget(self):
         if now_ns() < load(self._no_spin_until, 0):

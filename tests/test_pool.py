@@ -205,9 +205,14 @@ def _threads_used(pool, n_tasks=2):
 
 
 @pytest.mark.skipif(not _spin.CAN_SPIN, reason="the tasks burn CPU by spinning")
-def test_threads_short_of_their_cores_stop_the_spinning_then_the_parallelism_for_a_while():
+def test_threads_short_of_their_cores_stop_the_spinning_then_the_parallelism_for_a_while(
+        monkeypatch):
     from fastlstm import _pool
 
+    monkeypatch.setattr(_pool, "_NO_SPIN_NS", 30_000_000)
+    monkeypatch.setattr(_pool, "_SUSTAINED_NS", 20_000_000)
+    monkeypatch.setattr(_pool, "_SERIAL_MIN_NS", 40_000_000)
+    monkeypatch.setattr(_pool, "_SERIAL_MAX_NS", 100_000_000)
     pool = SpinPool(1, spin_ns=123_000)
     caller = pool.n_workers
 
@@ -228,10 +233,59 @@ def test_threads_short_of_their_cores_stop_the_spinning_then_the_parallelism_for
     report(1_000_000, 950_000, times=5)
     report(1_000_000, 450_000, times=2)  # twice in a row: no spinning
     assert pool._spin_budget() == 0 and not serial()
-    report(1_000_000, 450_000, times=2)  # four times: one thread
+    report(1_000_000, 450_000, times=2)  # four times: one thread, once it lasts
+    assert not serial()
+    time.sleep(0.021)
+    report(1_000_000, 950_000, thread=0)  # the other thread's share does not interrupt it
+    report(1_000_000, 450_000)
     assert serial()
     assert _threads_used(pool) == {threading.get_ident()}
-    time.sleep(_pool._CAUTIOUS_NS / 1e9)
+    time.sleep(0.041)
     assert not serial() and pool._spin_budget() == 123_000
     # Then two threads again (a loaded machine may start another window).
     assert any(len(_threads_used(pool)) == 2 for _ in range(100))
+
+
+def test_brief_competition_keeps_two_threads_and_lasting_competition_lengthens_the_windows(
+        monkeypatch):
+    from fastlstm import _pool
+
+    monkeypatch.setattr(_pool, "_SUSTAINED_NS", 20_000_000)
+    monkeypatch.setattr(_pool, "_SERIAL_MIN_NS", 30_000_000)
+    monkeypatch.setattr(_pool, "_SERIAL_MAX_NS", 100_000_000)
+    pool = SpinPool(1)
+    caller = pool.n_workers
+
+    def starve(ms):
+        """Short tasks on the caller for ``ms`` milliseconds; True if the pool went serial."""
+        end = time.perf_counter() + ms / 1e3
+        while time.perf_counter() < end:
+            pool._note_core_share(caller, wall_ns=1_000_000, cpu_ns=300_000)
+            if pool._serial_until > time.perf_counter_ns():
+                return True
+            time.sleep(0.001)
+        return False
+
+    def recover():
+        for _ in range(10):
+            pool._note_core_share(caller, wall_ns=1_000_000, cpu_ns=950_000)
+
+    # Brief (PyTorch's OpenMP threads spin about 10 ms after their work).
+    assert not starve(10)
+    recover()
+    assert not starve(10)
+    # Lasting: a window of the shortest length, then, starting again right
+    # after it, twice as long, up to the longest.
+    assert starve(100)
+    assert pool._serial_ns == 30_000_000
+    lengths = []
+    for _ in range(3):
+        time.sleep((pool._serial_until - time.perf_counter_ns()) / 1e9 + 0.001)
+        assert starve(100)
+        lengths.append(pool._serial_ns)
+    assert lengths == [60_000_000, 100_000_000, 100_000_000]
+    # Competition gone for longer than a window: the next one is short again.
+    time.sleep((pool._serial_until - time.perf_counter_ns()) / 1e9 + 0.101)
+    recover()
+    assert starve(100)
+    assert pool._serial_ns == 30_000_000

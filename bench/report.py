@@ -9,7 +9,8 @@ speedup (alternative time / fastlstm time), fastlstm's achieved GFLOP/s
 (``extra_info["flops"]`` / median), and the target of the Speed issue next to
 the ratio it concerns, marked met or missed. Targets are checked on the
 entries marked ``primary`` (fastlstm with its defaults); the interleaved A/B
-rows of W1/W2 training carry the same targets, measured step by step.
+rows of W1/W2 training and W1 inference carry the same targets, measured block
+by block.
 Cold start and peak RSS, which the suite records in ``extra_info``, are rows
 of the same table.
 """
@@ -117,6 +118,18 @@ def join_notes(*notes):
     return "; ".join(n for n in notes if n)
 
 
+def interleaved_medians(entry):
+    """An interleaved entry's medians and labels by library, fastlstm's included.
+
+    Training entries carry ``fastlstm_median_s`` and ``torch_median_s``; the
+    inference one ``medians_s`` and ``labels`` for each library it ran.
+    """
+    if "medians_s" in entry:
+        return dict(entry["medians_s"]), dict(entry.get("labels", {}), fastlstm="fastlstm")
+    return ({"fastlstm": entry["fastlstm_median_s"], "torch": entry["torch_median_s"]},
+            {"fastlstm": "fastlstm", "torch": "torch"})
+
+
 def timing_rows(workload, entries):
     """Rows of a timed workload: each fastlstm entry against each alternative."""
     rows = []
@@ -170,19 +183,25 @@ def timing_rows(workload, entries):
                 "; ".join(target_cells) or "-", join_notes(alt_note, contention_note(f, a)),
             ])
     for i in interleaved:
-        fast_s, torch_s = i["fastlstm_median_s"], i["torch_median_s"]
-        speedup = torch_s / fast_s
-        key = (workload, "torch")
-        target = "-"
-        if key in SPEEDUP_TARGETS:
-            target = f">= {SPEEDUP_TARGETS[key]:g}x: {mark(speedup >= SPEEDUP_TARGETS[key])}"
-        rows.append([
-            workload, "fastlstm (interleaved A/B)", fmt_time(fast_s), "torch (interleaved A/B)",
-            fmt_time(torch_s), f"{speedup:.2f}x", fmt_gflops(gflops(i, fast_s)), target,
-            join_notes(f"{i.get('steps_counted', '?')} steps each, blocks of "
-                       f"{i.get('block', '?')} back-to-back steps in ABBA order",
-                       contention_note(i)),
-        ])
+        medians, labels = interleaved_medians(i)
+        fast_s = medians.pop("fastlstm")
+        if "steps_counted" in i:
+            counted = (f"{i['steps_counted']} steps each, blocks of {i.get('block', '?')} "
+                       "back-to-back steps in ABBA order")
+        else:
+            counted = (f"{i.get('calls_counted', '?')} calls each, blocks of "
+                       f"{i.get('block', '?')} back-to-back calls in ABC CBA order")
+        for name, alt_s in medians.items():
+            speedup = alt_s / fast_s
+            key = (workload, labels[name])
+            target = "-"
+            if key in SPEEDUP_TARGETS:
+                target = f">= {SPEEDUP_TARGETS[key]:g}x: {mark(speedup >= SPEEDUP_TARGETS[key])}"
+            rows.append([
+                workload, "fastlstm (interleaved A/B)", fmt_time(fast_s),
+                f"{labels[name]} (interleaved A/B)", fmt_time(alt_s), f"{speedup:.2f}x",
+                fmt_gflops(gflops(i, fast_s)), target, join_notes(counted, contention_note(i)),
+            ])
     if not fast:
         for a in alternatives:
             rows.append([workload, "- (skipped)", "-", a["label"], fmt_time(a["median"]), "-",

@@ -3,7 +3,8 @@
 One benchmark group per workload; inside a group the fastlstm and PyTorch
 entries run one right after the other, so their ratio comes from the same run
 (the machine's speed drifts over minutes: compare entries of one run only).
-For W1 and W2 training an extra entry also interleaves the two step by step.
+For W1 and W2 training, and W1 inference, an extra entry also interleaves them
+block by block.
 
 Time budgets: each per-call entry runs ``max_rounds`` rounds, or fewer when
 its warm-up shows they would take longer than ``ENTRY_BUDGET_S`` (never fewer
@@ -38,6 +39,8 @@ INFER_ROUNDS = (200, 10)
 BUSY_ROUNDS = (60, 5)
 INTERLEAVED_BLOCKS, INTERLEAVED_BLOCK, INTERLEAVED_BLOCK_WARMUP = 24, 12, 2
 INTERLEAVED_BUDGET_S = 5.0
+INFER_INTERLEAVED_BLOCK, INFER_INTERLEAVED_WARMUP = 60, 20
+INFER_INTERLEAVED_BUDGET_S = 3.0
 JV_EPOCHS, JV_QUICK_EPOCHS = 100, 10
 JV_TORCH_DEADLINE_S, JV_TORCH_QUICK_DEADLINE_S = 30.0, 8.0
 
@@ -203,7 +206,11 @@ def test_train_interleaved(benchmark, fastlstm_ready, torch_ready, device, name)
 # ======================================================================================
 
 
-def _infer_onnxruntime(benchmark, torch, spec, tmp_path):
+def _onnxruntime_inference(torch, spec, tmp_path):
+    """The workload's PyTorch model exported to ONNX: (ONNX Runtime's call, its version).
+
+    Skips the test when onnxruntime is missing or the export fails.
+    """
     ort = pytest.importorskip("onnxruntime")
     infer = wl.TorchInference(spec)
     path = str(tmp_path / f"{spec.name}.onnx")
@@ -220,10 +227,14 @@ def _infer_onnxruntime(benchmark, torch, spec, tmp_path):
     options.intra_op_num_threads = TORCH_THREADS
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     feed = {"x": infer.X.numpy()}
+    return (lambda: session.run(None, feed)), ort.__version__
+
+
+def _infer_onnxruntime(benchmark, torch, spec, tmp_path):
+    run, version = _onnxruntime_inference(torch, spec, tmp_path)
     record(benchmark, workload=benchmark.group, impl="onnxruntime", label="onnxruntime",
-           flops=spec.forward_flops(), threads=TORCH_THREADS, ort_version=ort.__version__)
-    run_budgeted(benchmark, lambda: session.run(None, feed), max_rounds=INFER_ROUNDS[0],
-                 warmup_rounds=INFER_ROUNDS[1])
+           flops=spec.forward_flops(), threads=TORCH_THREADS, ort_version=version)
+    run_budgeted(benchmark, run, max_rounds=INFER_ROUNDS[0], warmup_rounds=INFER_ROUNDS[1])
 
 
 INFER_CASES = [
@@ -278,6 +289,56 @@ def test_infer(benchmark, device, request, tmp_path, name, impl):
         if device != "cpu":
             pytest.skip("the ONNX Runtime entry runs on the CPU only")
         _infer_onnxruntime(benchmark, torch, spec, tmp_path)
+
+
+def test_infer_interleaved(benchmark, fastlstm_ready, torch_ready, device, tmp_path):
+    """W1 inference of fastlstm, PyTorch (2 threads) and ONNX Runtime (2 threads,
+    if installed) in alternating blocks, so that drift hits all alike.
+
+    Blocks of ``INFER_INTERLEAVED_BLOCK`` back-to-back calls in the order
+    A B C C B A, repeated; the first ``INFER_INTERLEAVED_WARMUP`` calls of each
+    block are not counted. The W1 inference entries above run one after the
+    other, about 2.5 s each, and the machine's speed can change by 20 % or more
+    in that time (in one full run fastlstm's took 0.77 ms, in the two before
+    0.42 ms). The per-library medians are in ``extra_info["medians_s"]``.
+    """
+    if device != "cpu":
+        pytest.skip("interleaving compares CPU implementations")
+    spec = wl.W1
+    benchmark.group = "W1-infer-interleaved"
+    fast = wl.FastlstmInference(spec, backend=fastlstm_ready)
+    calls = {"fastlstm": fast, "torch": wl.TorchInference(spec, device=device)}
+    labels = {"fastlstm": "fastlstm network_outputs", "torch": "torch"}
+    try:
+        calls["onnxruntime"], _ = _onnxruntime_inference(torch_ready, spec, tmp_path)
+        labels["onnxruntime"] = "onnxruntime"
+    except pytest.skip.Exception:
+        pass
+    order = list(calls) + list(reversed(calls))
+    times = {name: [] for name in calls}
+
+    def alternate():
+        with torch_threads(TORCH_THREADS):
+            for call in calls.values():
+                for _ in range(INFER_INTERLEAVED_WARMUP):
+                    call()
+            start_all = time.perf_counter()
+            while time.perf_counter() - start_all < INFER_INTERLEAVED_BUDGET_S:
+                for name in order:
+                    for index in range(INFER_INTERLEAVED_BLOCK):
+                        start = time.perf_counter()
+                        calls[name]()
+                        if index >= INFER_INTERLEAVED_WARMUP:
+                            times[name].append(time.perf_counter() - start)
+
+    run_once(benchmark, alternate)
+    medians = {name: float(np.median(values)) for name, values in times.items()}
+    record(benchmark, workload="W1-infer", impl="interleaved", label="interleaved A/B",
+           flops=spec.forward_flops(), medians_s=medians,
+           labels={name: labels[name] for name in medians},
+           calls_counted=len(times["fastlstm"]), block=INFER_INTERLEAVED_BLOCK,
+           block_warmup=INFER_INTERLEAVED_WARMUP, threads_fastlstm=fast.n_threads,
+           threads_torch=TORCH_THREADS)
 
 
 # ======================================================================================

@@ -294,9 +294,10 @@ class SpinPool:
         blocks between PyTorch's ran on one thread 37 % of the time (median
         step 1.57 ms against 1.00 ms on two threads); W1 steps 4.12 ms,
         against 2.31 ms on two threads throughout. With the wait, none of
-        those blocks ran on one thread, and with the other core busy the
-        default's steps still took 0.85-1.15x of ``n_jobs=1``'s (W1; W2
-        0.96-1.26x, as before the wait).
+        those blocks ran on one thread. With the other core busy, the
+        default's steps took 0.85-1.13x of ``n_jobs=1``'s on W1 and
+        0.82-1.38x on W2 in five benchmark runs (``bench/``), against
+        0.94-1.19x and 0.78-1.34x in three runs before the wait.
         ``thread`` is the worker's index, or ``n_workers`` for the caller.
         """
         if wall_ns < _SHARED_CORE_MIN_NS:

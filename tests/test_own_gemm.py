@@ -94,12 +94,15 @@ def test_a_row_does_not_depend_on_the_other_rows(own_gemm_on):
     # alone or inside any batch (BLAS gives no such promise).
     rng = np.random.default_rng(2)
     A = rng.standard_normal((40, 300)).astype(np.float32)
-    B = rng.standard_normal((300, 90)).astype(np.float32)
-    full = _gemm.matmul(A, B)
-    # (1-3 rows run on the skinny tiles, more on the wide ones.)
-    for rows in [slice(0, 1), slice(5, 7), slice(37, 40), slice(3, 17), slice(13, 40),
-                 slice(0, 27)]:
-        np.testing.assert_array_equal(_gemm.matmul(A[rows], B), full[rows])
+    # (1-3 rows run on the skinny tiles, more on the wide ones, or on the
+    # quad ones for 256 columns and more; a transposed A keeps the wide ones.)
+    for n_columns in [90, 300]:
+        B = rng.standard_normal((300, n_columns)).astype(np.float32)
+        full = _gemm.matmul(A, B)
+        np.testing.assert_array_equal(_gemm.matmul(np.asfortranarray(A), B), full)
+        for rows in [slice(0, 1), slice(5, 7), slice(37, 40), slice(3, 17), slice(13, 40),
+                     slice(0, 27), slice(2, 6), slice(1, 5)]:
+            np.testing.assert_array_equal(_gemm.matmul(A[rows], B), full[rows])
 
 
 def test_off_switch(own_gemm_off):

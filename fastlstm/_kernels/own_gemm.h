@@ -29,8 +29,9 @@
  * that a panel of B stays in L1 and a chunk of A in L2 (see
  * fastlstm_gemm_block).
  * Products at most 16 columns wide use tiles of one register per row and
- * up to 28 rows instead, and products of at most 3 rows "skinny" tiles of
- * up to 8 registers per row (see there).
+ * up to 28 rows instead, products of at most 3 rows "skinny" tiles of up
+ * to 8 registers per row, and products of at least 256 columns (with A not
+ * transposed) "quad" tiles of up to 6 rows by 4 registers (see there).
  *
  * Determinism: every C[i, j] is summed in the same order (p ascending, one
  * fused multiply-add per p, a new partial sum per KC block added to C)
@@ -186,7 +187,7 @@ static void fastlstm_skinny_tile_##MR##_##NV(                                   
     _Pragma("GCC unroll 8")                                                        \
     for (int v = 0; v < NV; v++) {                                                 \
         mask[v] = fastlstm_mask(n_columns - 16 * v);                               \
-        _Pragma("GCC unroll 3")                                                    \
+        _Pragma("GCC unroll 8")                                                    \
         for (int i = 0; i < MR; i++)                                               \
             acc[i][v] = _mm512_setzero_ps();                                       \
     }                                                                              \
@@ -196,13 +197,13 @@ static void fastlstm_skinny_tile_##MR##_##NV(                                   
         _Pragma("GCC unroll 8")                                                    \
         for (int v = 0; v < NV; v++) {                                             \
             const __m512 b_v = _mm512_maskz_loadu_ps(mask[v], b_p + 16 * v);       \
-            _Pragma("GCC unroll 3")                                                \
+            _Pragma("GCC unroll 8")                                                \
             for (int i = 0; i < MR; i++)                                           \
                 acc[i][v] = _mm512_fmadd_ps(_mm512_set1_ps(a_p[i * a_rs]), b_v,     \
                                             acc[i][v]);                            \
         }                                                                          \
     }                                                                              \
-    _Pragma("GCC unroll 3")                                                        \
+    _Pragma("GCC unroll 8")                                                        \
     for (int i = 0; i < MR; i++) {                                                 \
         float *c_i = c + i * ldc;                                                  \
         _Pragma("GCC unroll 8")                                                    \
@@ -226,6 +227,20 @@ static void fastlstm_skinny_tile_##MR##_##NV(                                   
 
 FASTLSTM_SKINNY_TILES(1) FASTLSTM_SKINNY_TILES(2) FASTLSTM_SKINNY_TILES(3)
 
+/* The same tiles with 4 to 6 rows and up to 4 registers (64 columns):
+ * "quad" tiles, for products with many columns (see fastlstm_gemm_block).
+ * Per step of p a 6 x 64 tile loads 4 registers of B and broadcasts 6
+ * elements of A for 24 multiply-adds, where a 14 x 32 tile needs 2 and 14
+ * for 28: fewer loads per multiply-add, which is what limits the wide
+ * tiles on products with hundreds of columns. */
+#define FASTLSTM_QUAD_MR_MAX 6
+#define FASTLSTM_QUAD_NV 4
+#define FASTLSTM_QUAD_TILES(MR)                                                     \
+    FASTLSTM_DEFINE_SKINNY_TILE(MR, 1) FASTLSTM_DEFINE_SKINNY_TILE(MR, 2)          \
+    FASTLSTM_DEFINE_SKINNY_TILE(MR, 3) FASTLSTM_DEFINE_SKINNY_TILE(MR, 4)
+
+FASTLSTM_QUAD_TILES(4) FASTLSTM_QUAD_TILES(5) FASTLSTM_QUAD_TILES(6)
+
 typedef void (*fastlstm_skinny_tile_fn)(ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
                                         const float *, ptrdiff_t, float *, ptrdiff_t,
                                         ptrdiff_t, int);
@@ -240,6 +255,16 @@ typedef void (*fastlstm_skinny_tile_fn)(ptrdiff_t, const float *, ptrdiff_t, ptr
 static const fastlstm_skinny_tile_fn
 fastlstm_skinny_tiles[FASTLSTM_SKINNY_ROWS + 1][FASTLSTM_SKINNY_NV + 1] = {
     {NULL}, FASTLSTM_SKINNY_ROW(1), FASTLSTM_SKINNY_ROW(2), FASTLSTM_SKINNY_ROW(3),
+};
+
+#define FASTLSTM_QUAD_ROW(MR)                                                       \
+    {NULL, fastlstm_skinny_tile_##MR##_1, fastlstm_skinny_tile_##MR##_2,            \
+     fastlstm_skinny_tile_##MR##_3, fastlstm_skinny_tile_##MR##_4}
+
+static const fastlstm_skinny_tile_fn
+fastlstm_quad_tiles[FASTLSTM_QUAD_MR_MAX + 1][FASTLSTM_QUAD_NV + 1] = {
+    {NULL}, FASTLSTM_QUAD_ROW(1), FASTLSTM_QUAD_ROW(2), FASTLSTM_QUAD_ROW(3),
+    FASTLSTM_QUAD_ROW(4), FASTLSTM_QUAD_ROW(5), FASTLSTM_QUAD_ROW(6),
 };
 
 typedef void (*fastlstm_tile_fn)(ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
@@ -269,6 +294,41 @@ static const fastlstm_tile_fn fastlstm_narrow_tiles[FASTLSTM_NARROW_MR_MAX + 1] 
 };
 
 /* One block of KC (or fewer) steps of p over the whole of C. */
+/* fastlstm_gemm_block with quad tiles: row blocks of up to 6 rows, panels
+ * of 64 columns, the last panel as many registers as it has columns for. */
+static void fastlstm_gemm_block_quad(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
+                                     const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
+                                     const float *b, ptrdiff_t ldb, float *c,
+                                     ptrdiff_t ldc, int accumulate)
+{
+    const ptrdiff_t n_row_blocks = (m + FASTLSTM_QUAD_MR_MAX - 1) / FASTLSTM_QUAD_MR_MAX;
+    const ptrdiff_t base = m / n_row_blocks, extra = m % n_row_blocks;
+    const ptrdiff_t chunk_blocks = FASTLSTM_CHUNK_ROWS / FASTLSTM_QUAD_MR_MAX;
+    ptrdiff_t chunk, block, chunk_i0, i0, j0, rows;
+    for (chunk = 0, chunk_i0 = 0; chunk < n_row_blocks; chunk += chunk_blocks) {
+        const ptrdiff_t last = chunk + chunk_blocks < n_row_blocks ? chunk + chunk_blocks
+                                                                   : n_row_blocks;
+        for (j0 = 0; j0 < n; j0 += 16 * FASTLSTM_QUAD_NV) {
+            ptrdiff_t left = n - j0, n_registers = (left + 15) / 16;
+            if (n_registers > FASTLSTM_QUAD_NV)
+                n_registers = FASTLSTM_QUAD_NV;
+            for (block = chunk, i0 = chunk_i0; block < last; block++, i0 += rows) {
+                rows = base + (block < extra);
+                fastlstm_quad_tiles[rows][n_registers](kc, a + i0 * a_rs, a_rs, a_cs, b + j0,
+                                                       ldb, c + i0 * ldc + j0, ldc, left,
+                                                       accumulate);
+            }
+        }
+        chunk_i0 = i0;
+    }
+}
+
+/* Products at least this many columns wide take the quad tiles: 5-15 %
+ * faster than the wide tiles on a W3 step's products (4H = 1024 and
+ * hidden 256 columns), the same on W2's (256), where hidden 100 and 64
+ * (W1, W2) keep the wide ones. */
+#define FASTLSTM_QUAD_MIN_COLUMNS 256
+
 static void fastlstm_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
                                 const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
                                 const float *b, ptrdiff_t ldb, float *c,
@@ -291,6 +351,13 @@ static void fastlstm_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
             fastlstm_skinny_tiles[m][n_registers](kc, a, a_rs, a_cs, b + j0, ldb, c + j0, ldc,
                                                   left, accumulate);
         }
+        return;
+    }
+    /* Not for a transposed A (dW = dG^T X, dR = dG^T Hprev): there a row
+     * block reads, per step of p, as many floats from a new cache line as
+     * it has rows, and 6 were 5 % slower than 14. */
+    if (n >= FASTLSTM_QUAD_MIN_COLUMNS && a_cs == 1) {
+        fastlstm_gemm_block_quad(m, n, kc, a, a_rs, a_cs, b, ldb, c, ldc, accumulate);
         return;
     }
     /* Row blocks go in chunks of about FASTLSTM_CHUNK_ROWS rows; inside a

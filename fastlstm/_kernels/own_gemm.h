@@ -293,49 +293,26 @@ static const fastlstm_tile_fn fastlstm_narrow_tiles[FASTLSTM_NARROW_MR_MAX + 1] 
     fastlstm_narrow_tile_28,
 };
 
-/* One block of KC (or fewer) steps of p over the whole of C. */
-/* fastlstm_gemm_block with quad tiles: row blocks of up to 6 rows, panels
- * of 64 columns, the last panel as many registers as it has columns for. */
-static void fastlstm_gemm_block_quad(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
-                                     const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
-                                     const float *b, ptrdiff_t ldb, float *c,
-                                     ptrdiff_t ldc, int accumulate)
-{
-    const ptrdiff_t n_row_blocks = (m + FASTLSTM_QUAD_MR_MAX - 1) / FASTLSTM_QUAD_MR_MAX;
-    const ptrdiff_t base = m / n_row_blocks, extra = m % n_row_blocks;
-    const ptrdiff_t chunk_blocks = FASTLSTM_CHUNK_ROWS / FASTLSTM_QUAD_MR_MAX;
-    ptrdiff_t chunk, block, chunk_i0, i0, j0, rows;
-    for (chunk = 0, chunk_i0 = 0; chunk < n_row_blocks; chunk += chunk_blocks) {
-        const ptrdiff_t last = chunk + chunk_blocks < n_row_blocks ? chunk + chunk_blocks
-                                                                   : n_row_blocks;
-        for (j0 = 0; j0 < n; j0 += 16 * FASTLSTM_QUAD_NV) {
-            ptrdiff_t left = n - j0, n_registers = (left + 15) / 16;
-            if (n_registers > FASTLSTM_QUAD_NV)
-                n_registers = FASTLSTM_QUAD_NV;
-            for (block = chunk, i0 = chunk_i0; block < last; block++, i0 += rows) {
-                rows = base + (block < extra);
-                fastlstm_quad_tiles[rows][n_registers](kc, a + i0 * a_rs, a_rs, a_cs, b + j0,
-                                                       ldb, c + i0 * ldc + j0, ldc, left,
-                                                       accumulate);
-            }
-        }
-        chunk_i0 = i0;
-    }
-}
-
 /* Products at least this many columns wide take the quad tiles: 5-15 %
- * faster than the wide tiles on a W3 step's products (4H = 1024 and
- * hidden 256 columns), the same on W2's (256), where hidden 100 and 64
- * (W1, W2) keep the wide ones. */
+ * faster than the wide tiles on a W3 step's products (4H = 1024 and hidden
+ * 256 columns), the same on W1's and W2's 4H = 400 and 256; narrower ones
+ * (hidden 100 and 64) keep the wide tiles. */
 #define FASTLSTM_QUAD_MIN_COLUMNS 256
 
+/* One block of KC (or fewer) steps of p over the whole of C. */
 static void fastlstm_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
                                 const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
                                 const float *b, ptrdiff_t ldb, float *c,
                                 ptrdiff_t ldc, int accumulate)
 {
     const int narrow = n <= 16;
-    const ptrdiff_t mr_max = narrow ? FASTLSTM_NARROW_MR_MAX : FASTLSTM_MR_MAX;
+    /* Not for a transposed A (dW = dG^T X, dR = dG^T Hprev): there a row
+     * block reads, per step of p, as many floats from a new cache line as
+     * it has rows, and 6 were 5 % slower than 14. */
+    const int quad = n >= FASTLSTM_QUAD_MIN_COLUMNS && a_cs == 1;
+    const ptrdiff_t mr_max = narrow ? FASTLSTM_NARROW_MR_MAX
+                             : quad ? FASTLSTM_QUAD_MR_MAX : FASTLSTM_MR_MAX;
+    const ptrdiff_t panel_columns = quad ? 16 * FASTLSTM_QUAD_NV : FASTLSTM_NR;
     const fastlstm_tile_fn *tiles = narrow ? fastlstm_narrow_tiles : fastlstm_tiles;
     const ptrdiff_t n_row_blocks = (m + mr_max - 1) / mr_max;
     const ptrdiff_t base = m / n_row_blocks, extra = m % n_row_blocks;
@@ -353,35 +330,37 @@ static void fastlstm_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
         }
         return;
     }
-    /* Not for a transposed A (dW = dG^T X, dR = dG^T Hprev): there a row
-     * block reads, per step of p, as many floats from a new cache line as
-     * it has rows, and 6 were 5 % slower than 14. */
-    if (n >= FASTLSTM_QUAD_MIN_COLUMNS && a_cs == 1) {
-        fastlstm_gemm_block_quad(m, n, kc, a, a_rs, a_cs, b, ldb, c, ldc, accumulate);
-        return;
-    }
     /* Row blocks go in chunks of about FASTLSTM_CHUNK_ROWS rows; inside a
      * chunk the panels of B are walked outside and the chunk's row blocks
      * inside. A panel of B (KC x 32 floats, 32 kB) then stays in L1 across
      * the chunk's tiles, and the chunk's rows of A (224 x KC floats, 224 kB)
      * stay in L2 across the panels, so a whole-sequence product reads B
      * from memory once per chunk, not once per tile. A step's product (a
-     * few dozen rows) is one chunk. */
+     * few dozen rows) is one chunk. Quad tiles take panels of 64 columns,
+     * the last one as many registers as it has columns for. */
     for (chunk = 0, chunk_i0 = 0; chunk < n_row_blocks; chunk += chunk_blocks) {
         const ptrdiff_t last = chunk + chunk_blocks < n_row_blocks ? chunk + chunk_blocks
                                                                    : n_row_blocks;
-        for (j0 = 0; j0 < n; j0 += FASTLSTM_NR) {
-            const __mmask16 m0 = fastlstm_mask(n - j0), m1 = fastlstm_mask(n - j0 - 16);
+        for (j0 = 0; j0 < n; j0 += panel_columns) {
+            const ptrdiff_t left = n - j0;
+            const ptrdiff_t n_registers = left >= panel_columns ? FASTLSTM_QUAD_NV
+                                                                : (left + 15) / 16;
+            const __mmask16 m0 = fastlstm_mask(left), m1 = fastlstm_mask(left - 16);
             /* A last panel of at most 16 columns (hidden 100: 3 panels of
              * 32, then 4 columns) takes the one-register tiles: a wide tile
              * would do its second register's multiply-adds for nothing.
              * Both do the same multiply-adds per element, so C's bits do not
              * depend on which ran. */
-            const fastlstm_tile_fn *panel_tiles = n - j0 <= 16 ? fastlstm_narrow_tiles : tiles;
+            const fastlstm_tile_fn *panel_tiles = left <= 16 ? fastlstm_narrow_tiles : tiles;
             for (block = chunk, i0 = chunk_i0; block < last; block++, i0 += rows) {
                 rows = base + (block < extra);
-                panel_tiles[rows](kc, a + i0 * a_rs, a_rs, a_cs, b + j0, ldb,
-                                  c + i0 * ldc + j0, ldc, m0, m1, accumulate);
+                if (quad)
+                    fastlstm_quad_tiles[rows][n_registers](kc, a + i0 * a_rs, a_rs, a_cs,
+                                                           b + j0, ldb, c + i0 * ldc + j0,
+                                                           ldc, left, accumulate);
+                else
+                    panel_tiles[rows](kc, a + i0 * a_rs, a_rs, a_cs, b + j0, ldb,
+                                      c + i0 * ldc + j0, ldc, m0, m1, accumulate);
             }
         }
         chunk_i0 = i0;

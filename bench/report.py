@@ -118,18 +118,6 @@ def join_notes(*notes):
     return "; ".join(n for n in notes if n)
 
 
-def interleaved_medians(entry):
-    """An interleaved entry's medians and labels by library, fastlstm's included.
-
-    Training entries carry ``fastlstm_median_s`` and ``torch_median_s``; the
-    inference one ``medians_s`` and ``labels`` for each library it ran.
-    """
-    if "medians_s" in entry:
-        return dict(entry["medians_s"]), dict(entry.get("labels", {}), fastlstm="fastlstm")
-    return ({"fastlstm": entry["fastlstm_median_s"], "torch": entry["torch_median_s"]},
-            {"fastlstm": "fastlstm", "torch": "torch"})
-
-
 def timing_rows(workload, entries):
     """Rows of a timed workload: each fastlstm entry against each alternative."""
     rows = []
@@ -183,24 +171,21 @@ def timing_rows(workload, entries):
                 "; ".join(target_cells) or "-", join_notes(alt_note, contention_note(f, a)),
             ])
     for i in interleaved:
-        medians, labels = interleaved_medians(i)
-        fast_s = medians.pop("fastlstm")
-        if "steps_counted" in i:
-            counted = (f"{i['steps_counted']} steps each, blocks of {i.get('block', '?')} "
-                       "back-to-back steps in ABBA order")
-        else:
-            counted = (f"{i.get('calls_counted', '?')} calls each, blocks of "
-                       f"{i.get('block', '?')} back-to-back calls in ABC CBA order")
-        for name, alt_s in medians.items():
+        # extra_info: medians_s by library (fastlstm's included), the labels
+        # of the alternatives, and what was counted.
+        fast_s = i["medians_s"]["fastlstm"]
+        for name, label in i["labels"].items():
+            alt_s = i["medians_s"][name]
             speedup = alt_s / fast_s
-            key = (workload, labels[name])
+            key = (workload, label)
             target = "-"
             if key in SPEEDUP_TARGETS:
                 target = f">= {SPEEDUP_TARGETS[key]:g}x: {mark(speedup >= SPEEDUP_TARGETS[key])}"
             rows.append([
                 workload, "fastlstm (interleaved A/B)", fmt_time(fast_s),
-                f"{labels[name]} (interleaved A/B)", fmt_time(alt_s), f"{speedup:.2f}x",
-                fmt_gflops(gflops(i, fast_s)), target, join_notes(counted, contention_note(i)),
+                f"{label} (interleaved A/B)", fmt_time(alt_s), f"{speedup:.2f}x",
+                fmt_gflops(gflops(i, fast_s)), target,
+                join_notes(i.get("counted", ""), contention_note(i)),
             ])
     if not fast:
         for a in alternatives:

@@ -164,7 +164,7 @@ def test_train_interleaved(benchmark, fastlstm_ready, torch_ready, device, name)
     instead of 4.9 ms, with cold caches and a sleeping worker thread;
     a sleep between steps to let PyTorch's OpenMP threads go idle adds ~1 ms
     by itself.) The timed call is the whole alternation; the per-library
-    medians are in ``extra_info`` (``fastlstm_median_s``, ``torch_median_s``).
+    medians are in ``extra_info["medians_s"]``.
     """
     if device != "cpu":
         pytest.skip("interleaving compares CPU implementations")
@@ -192,11 +192,12 @@ def test_train_interleaved(benchmark, fastlstm_ready, torch_ready, device, name)
                     break
 
     run_once(benchmark, alternate)
-    fast_median = float(np.median(times["fastlstm"]))
-    torch_median = float(np.median(times["torch"]))
+    medians = {name: float(np.median(values)) for name, values in times.items()}
     record(benchmark, workload=f"{name}-train", impl="interleaved", label="interleaved A/B",
-           flops=spec.train_flops(), fastlstm_median_s=fast_median, torch_median_s=torch_median,
-           speedup=torch_median / fast_median, steps_counted=len(times["fastlstm"]),
+           flops=spec.train_flops(), medians_s=medians, labels={"torch": "torch"},
+           speedup=medians["torch"] / medians["fastlstm"],
+           counted=f"{len(times['fastlstm'])} steps each, blocks of {INTERLEAVED_BLOCK} "
+                   "back-to-back steps in ABBA order",
            block=INTERLEAVED_BLOCK, block_warmup=INTERLEAVED_BLOCK_WARMUP,
            threads_fastlstm=fast.n_threads, threads_torch=TORCH_THREADS)
 
@@ -335,8 +336,10 @@ def test_infer_interleaved(benchmark, fastlstm_ready, torch_ready, device, tmp_p
     medians = {name: float(np.median(values)) for name, values in times.items()}
     record(benchmark, workload="W1-infer", impl="interleaved", label="interleaved A/B",
            flops=spec.forward_flops(), medians_s=medians,
-           labels={name: labels[name] for name in medians},
-           calls_counted=len(times["fastlstm"]), block=INFER_INTERLEAVED_BLOCK,
+           labels={name: labels[name] for name in medians if name != "fastlstm"},
+           counted=f"{len(times['fastlstm'])} calls each, blocks of {INFER_INTERLEAVED_BLOCK} "
+                   "back-to-back calls in ABC CBA order",
+           block=INFER_INTERLEAVED_BLOCK,
            block_warmup=INFER_INTERLEAVED_WARMUP, threads_fastlstm=fast.n_threads,
            threads_torch=TORCH_THREADS)
 

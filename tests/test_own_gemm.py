@@ -123,6 +123,34 @@ def test_enabled_follows_the_cpu(own_gemm_on):
     assert _gemm.enabled() == _gemm.cpu_supported()
 
 
+# The forward kernels' transposes of W and R: whole 16 x 16 blocks, row and
+# column tails of every size, one row or column, strided views in and out.
+@needs_avx512
+@pytest.mark.parametrize("m", [1, 5, 16, 17, 31, 400])
+@pytest.mark.parametrize("n", [1, 12, 16, 19, 100])
+def test_transpose_matches_numpy(m, n):
+    rng = np.random.default_rng(m * 100 + n)
+    A = rng.standard_normal((m, n)).astype(np.float32)
+    np.testing.assert_array_equal(_gemm.transpose(A), A.T)
+    # Views inside larger arrays: rows further apart than their length, and
+    # the output's neighbours must stay untouched.
+    source = rng.standard_normal((m + 3, n + 5)).astype(np.float32)
+    target = np.full((n + 4, m + 6), -7.0, np.float32)
+    _gemm.transpose(source[1:m + 1, 2:n + 2], target[2:n + 2, 3:m + 3])
+    np.testing.assert_array_equal(target[2:n + 2, 3:m + 3], source[1:m + 1, 2:n + 2].T)
+    target[2:n + 2, 3:m + 3] = -7.0
+    assert (target == -7.0).all()
+
+
+def test_transpose_does_not_depend_on_the_switch(own_gemm_off):
+    A = np.arange(12, dtype=np.float32).reshape(3, 4)
+    if _gemm.cpu_supported():
+        np.testing.assert_array_equal(_gemm.transpose(A), A.T)
+    else:
+        with pytest.raises(RuntimeError, match="AVX-512"):
+            _gemm.transpose(A)
+
+
 # Sizes where the tiles, masks and row blocks are all exercised inside the
 # LSTM kernels (test_kernels.py uses hidden size 5): 31 sequences (more rows
 # than one tile), hidden 37 (4H = 148 columns: 4 panels and a 20-column

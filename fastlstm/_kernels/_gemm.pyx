@@ -4,7 +4,10 @@
 One copy of the kernel and of its on/off switch serves every caller: the
 Cython kernels call :c:func:`sgemm` (a ``cimport`` of this module), the numba
 kernels call the C function at :func:`numba_entry_address` (registered with
-LLVM by ``numba_lstm``), and Python (tests, benchmarks) calls :func:`matmul`.
+LLVM by ``numba_lstm``), and Python (tests, benchmarks) calls :func:`matmul`. The same header's
+transpose, which turns the weights into the GEMM's row-contiguous operands,
+is reached the same three ways (:c:func:`stranspose`,
+:func:`numba_transpose_address`, :func:`transpose`).
 
 The kernel is used where the CPU has AVX-512, for float32 only; elsewhere,
 and for float64 (where the kernels must agree with the NumPy reference to
@@ -30,6 +33,10 @@ cdef extern from "own_gemm.h" nogil:
     int fastlstm_sgemm_addresses(int64_t m, int64_t n, int64_t k, uintptr_t a,
                                  int64_t a_row_stride, int64_t a_col_stride, uintptr_t b,
                                  int64_t ldb, int64_t accumulate, uintptr_t c, int64_t ldc)
+    int fastlstm_transpose(Py_ssize_t m, Py_ssize_t n, const float *a, Py_ssize_t lda,
+                           float *out, Py_ssize_t ldo)
+    int fastlstm_transpose_addresses(int64_t m, int64_t n, uintptr_t a, int64_t lda,
+                                     uintptr_t out, int64_t ldo)
 
 
 cdef int sgemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a,
@@ -37,6 +44,12 @@ cdef int sgemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a,
                Py_ssize_t ldb, bint accumulate, float *c, Py_ssize_t ldc) noexcept nogil:
     """``C = [C +] A B`` (see own_gemm.h); 0 if done, 1 if the caller must use BLAS."""
     return fastlstm_sgemm(m, n, k, a, a_row_stride, a_col_stride, b, ldb, accumulate, c, ldc)
+
+
+cdef int stranspose(Py_ssize_t m, Py_ssize_t n, const float *a, Py_ssize_t lda, float *out,
+                   Py_ssize_t ldo) noexcept nogil:
+    """``out = a^T`` in register blocks (see own_gemm.h); 0 if done, 1 without AVX-512."""
+    return fastlstm_transpose(m, n, a, lda, out, ldo)
 
 
 cdef bint sgemm_enabled() noexcept nogil:
@@ -69,6 +82,39 @@ def set_enabled(flag):
 def numba_entry_address():
     """Address of the C function numba calls (``fastlstm_sgemm_addresses``)."""
     return <size_t> &fastlstm_sgemm_addresses
+
+
+def numba_transpose_address():
+    """Address of the C function numba calls to transpose (``fastlstm_transpose_addresses``)."""
+    return <size_t> &fastlstm_transpose_addresses
+
+
+def transpose(A, out=None):
+    """``out = A.T`` for a float32 matrix with contiguous rows, in 16 x 16 blocks.
+
+    ``out`` (shape ``A.T``'s) needs contiguous rows too. Unlike
+    :func:`matmul` this does not depend on the on/off switch, only on the
+    CPU: it raises RuntimeError without AVX-512.
+    """
+    cdef const float[:, :] a = A
+    if out is None:
+        out = np.empty((A.shape[1], A.shape[0]), dtype=np.float32)
+    cdef float[:, :] o = out
+    if o.shape[0] != a.shape[1] or o.shape[1] != a.shape[0]:
+        raise ValueError(f"out has shape {out.shape}, the transpose of {A.shape} is needed")
+    if (a.shape[1] > 1 and a.strides[1] != sizeof(float)) or (
+            o.shape[1] > 1 and o.strides[1] != sizeof(float)):
+        raise ValueError("A and out need contiguous rows (column stride of one element)")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        return out
+    cdef int status
+    with nogil:
+        status = fastlstm_transpose(a.shape[0], a.shape[1], &a[0, 0],
+                                    a.strides[0] // sizeof(float), &o[0, 0],
+                                    o.strides[0] // sizeof(float))
+    if status != 0:
+        raise RuntimeError("this CPU has no AVX-512 for fastlstm's transpose")
+    return out
 
 
 def matmul(A, B, C=None, *, accumulate=False):

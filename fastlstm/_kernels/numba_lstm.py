@@ -84,6 +84,30 @@ def _own_gemm(A, B, C, accumulate):
     return status == 0
 
 
+llvmlite.binding.add_symbol("fastlstm_transpose_addresses", _gemm.numba_transpose_address())
+_own_transpose = types.ExternalFunction(
+    "fastlstm_transpose_addresses",
+    types.intc(types.int64, types.int64, types.uintp, types.int64, types.uintp, types.int64),
+)
+
+
+@njit(**_JIT)
+def _transpose(A, out):
+    """``out[:] = A.T``.
+
+    In 16 x 16 register blocks (``own_gemm.h``) for float32 with contiguous
+    rows where the CPU has AVX-512, else numba's copy of the transposed view: a
+    W1 direction's W and R in about 4 us instead of 13 for the copy, which
+    reads a column at a time.
+    """
+    size = A.itemsize
+    if (size != 4 or A.shape[0] == 0 or A.shape[1] == 0 or A.strides[1] != size
+            or out.strides[1] != size or _own_transpose(
+                A.shape[0], A.shape[1], A.ctypes.data, A.strides[0] // size,
+                out.ctypes.data, out.strides[0] // size) != 0):
+        out[:] = A.T
+
+
 @njit(**_JIT)
 def _matmul(A, B, C):
     """``C = A @ B``: fastlstm's own GEMM in float32 where it runs, else BLAS."""
@@ -262,8 +286,8 @@ def lstm_forward(
     # every sequence. The bias is added where the gates are activated: a
     # separate pass over all the gates cost 2 % of a W1 forward pass.
     if transposed:
-        W_t[:] = W.T
-        R_t[:] = R.T
+        _transpose(W, W_t)
+        _transpose(R, R_t)
         _matmul(X, W_t, gates)
     else:
         np.dot(X, W.T, gates)

@@ -367,6 +367,47 @@ static void fastlstm_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
     }
 }
 
+
+/* out[j, i] = a[i, j] for a 16 x 16 (or smaller: rows x columns) block, in
+ * registers: four rounds of shuffles (32-bit, 64-bit, then two of 128-bit
+ * lanes) leave column c of the block in register c. */
+__attribute__((target("avx512f")))
+static void fastlstm_transpose_block(ptrdiff_t rows, ptrdiff_t columns, const float *a,
+                                     ptrdiff_t lda, float *out, ptrdiff_t ldo)
+{
+    __m512 r[16], t[16];
+    const __mmask16 column_mask = fastlstm_mask(columns), row_mask = fastlstm_mask(rows);
+    int i, j;
+    for (i = 0; i < 16; i++)
+        r[i] = i < rows ? _mm512_maskz_loadu_ps(column_mask, a + i * lda)
+                        : _mm512_setzero_ps();
+    for (i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (i = 0; i < 4; i++) {
+        const __m512d t0 = _mm512_castps_pd(t[4 * i]), t1 = _mm512_castps_pd(t[4 * i + 1]);
+        const __m512d t2 = _mm512_castps_pd(t[4 * i + 2]), t3 = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
+    }
+    /* Register 4i + c now holds, in 128-bit lane L, column 4L + c of rows
+     * 4i to 4i + 3. */
+    for (i = 0; i < 2; i++)
+        for (j = 0; j < 4; j++) {
+            t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0x88);
+            t[8 * i + j + 4] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0xdd);
+        }
+    for (j = 0; j < 8; j++) {
+        r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
+        r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xdd);
+    }
+    for (j = 0; j < columns; j++)
+        _mm512_mask_storeu_ps(out + j * ldo, row_mask, r[j]);
+}
+
 #endif  /* FASTLSTM_HAVE_AVX512_CODE */
 
 /* See the top of this file. Returns 0 when C was computed, 1 when the
@@ -417,6 +458,40 @@ static int fastlstm_sgemm_addresses(int64_t m, int64_t n, int64_t k, uintptr_t a
                           (ptrdiff_t)a_row_stride, (ptrdiff_t)a_col_stride,
                           (const float *)b, (ptrdiff_t)ldb, (int)accumulate,
                           (float *)c, (ptrdiff_t)ldc);
+}
+
+/* out = a^T for an m x n row-major a (rows lda apart) into an n x m
+ * row-major out (rows ldo apart): how the forward kernels turn W and R
+ * into the row-contiguous B operands of their products. A plain loop (or
+ * NumPy's copy of a transposed view) reads one column at a time, 13 us for
+ * a W1 direction's W and R; 16 x 16 blocks in registers take a few. Returns
+ * 0 when done, 1 without AVX-512 (the caller then copies). */
+static int fastlstm_transpose(ptrdiff_t m, ptrdiff_t n, const float *a, ptrdiff_t lda,
+                              float *out, ptrdiff_t ldo)
+{
+#if FASTLSTM_HAVE_AVX512_CODE
+    static int supported = -1;
+    ptrdiff_t i0, j0;
+    if (supported < 0)
+        supported = fastlstm_gemm_cpu_supported();
+    if (!supported)
+        return 1;
+    for (i0 = 0; i0 < m; i0 += 16)
+        for (j0 = 0; j0 < n; j0 += 16)
+            fastlstm_transpose_block(m - i0 < 16 ? m - i0 : 16, n - j0 < 16 ? n - j0 : 16,
+                                     a + i0 * lda + j0, lda, out + j0 * ldo + i0, ldo);
+    return 0;
+#else
+    (void)m; (void)n; (void)a; (void)lda; (void)out; (void)ldo;
+    return 1;
+#endif
+}
+
+static int fastlstm_transpose_addresses(int64_t m, int64_t n, uintptr_t a, int64_t lda,
+                                        uintptr_t out, int64_t ldo)
+{
+    return fastlstm_transpose((ptrdiff_t)m, (ptrdiff_t)n, (const float *)a, (ptrdiff_t)lda,
+                              (float *)out, (ptrdiff_t)ldo);
 }
 
 #endif  /* FASTLSTM_OWN_GEMM_H */

@@ -220,7 +220,7 @@ class FastlstmInference:
         from fastlstm._trainer import network_outputs
 
         t = self.train
-        return network_outputs(t.flat_params, t.shapes, t.net_shape, t.sequences, t.lengths,
+        return network_outputs(t.trainer.params, t.net_shape, t.sequences, t.lengths,
                                t.backend, per_step=False, n_threads=self.n_threads)
 
 

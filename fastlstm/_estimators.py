@@ -48,6 +48,7 @@ from ._validation import check_sequences, check_step_targets, is_per_step_target
 from ._weights import (
     BIAS_INITIALIZERS,
     WEIGHT_INITIALIZERS,
+    checked_weights,
     flatten,
     init_parameters,
     parameter_shapes,
@@ -317,10 +318,16 @@ class BaseLSTM(BaseEstimator, ABC):
         stacked = scale_stacked(scaler, np.concatenate(sequences)).astype(self.dtype, copy=False)
         return self._split_steps(stacked, [len(seq) for seq in sequences])
 
-    def _flat_weights(self, dtype=None):
+    def _weight_shapes(self):
         n_outputs = self.weights_["head.bias"].shape[0]
-        shapes = self._parameter_shapes(self.n_features_in_, n_outputs)
+        return self._parameter_shapes(self.n_features_in_, n_outputs)
+
+    def _flat_weights(self, dtype=None):
+        shapes = self._weight_shapes()
         return flatten(self.weights_, shapes, np.dtype(dtype or self.dtype)), shapes
+
+    def _checked_weights(self):
+        return checked_weights(self.weights_, self._weight_shapes(), np.dtype(self.dtype))
 
     # -- fitting ---------------------------------------------------------------
 
@@ -437,8 +444,10 @@ or list of array-like of shape (T_i,) or (T_i, n_outputs)
             val_sequences = self._scaled(val_sequences, scaler)
             val_targets.weights = np.ones(len(val_targets.values), dtype=dtype)
 
+            val_params = unflatten(flat_params, shapes)  # views: they follow the training
+
             def validate():
-                outputs = network_outputs(flat_params, shapes, net_shape, val_sequences,
+                outputs = network_outputs(val_params, net_shape, val_sequences,
                                           val_lengths, backend, per_step=val_targets.per_step,
                                           n_threads=trainer.options.n_threads)
                 loss, _ = self._loss()(outputs, val_targets.values, val_targets.weights)
@@ -501,13 +510,15 @@ or list of array-like of shape (T_i,) or (T_i, n_outputs)
         _check_fitted(self)
         sequences, lengths = check_sequences(X, dtype=np.dtype(self.dtype),
                                              n_features=self.n_features_in_)
-        sequences = self._scaled(sequences, self.scaler_)
-        flat_params, shapes = self._flat_weights()
+        # Normalised after packing (input_transform), as _scaled does before:
+        # the same float64 arithmetic on the same float32 values.
+        scaler = self.scaler_
         result = network_outputs(
-            flat_params, shapes, self._network_shape(), sequences, lengths,
+            self._checked_weights(), self._network_shape(), sequences, lengths,
             get_backend(self.backend), per_step=self.output_mode_ == "sequence",
             n_threads=effective_n_threads(self.n_jobs), h0=h0, c0=c0,
             return_states=return_states,
+            input_transform=None if scaler is None else lambda X: scale_stacked(scaler, X),
         )
         return (result, lengths) if not return_states else (*result, lengths)
 

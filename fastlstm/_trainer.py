@@ -587,14 +587,15 @@ class TrainingLog:
         self.stream.flush()
 
 
-def network_outputs(flat_params, shapes, net_shape, sequences, lengths, backend, *,
-                    per_step, n_threads=1, h0=None, c0=None, return_states=False):
+def network_outputs(params, net_shape, sequences, lengths, backend, *, per_step, n_threads=1,
+                    h0=None, c0=None, return_states=False, input_transform=None):
     """Output-layer values of a trained network, in the order of ``sequences``.
 
     Parameters
     ----------
-    flat_params : ndarray of shape (n_parameters,)
-    shapes : list of (str, tuple)
+    params : dict of str to ndarray
+        Parameters named as ``torch.nn.LSTM``'s state dict, C-contiguous,
+        all of one float dtype (see ``_weights.checked_weights``).
     net_shape : NetworkShape
     sequences : list of ndarray of shape (T_i, n_features)
     lengths : ndarray of shape (n_sequences,), int64
@@ -608,6 +609,11 @@ def network_outputs(flat_params, shapes, net_shape, sequences, lengths, backend,
         n_sequences, size) as ``torch.nn.LSTM``'s; None means zeros.
     return_states : bool, default=False
         Also return the final states, shaped like ``h0`` and ``c0``.
+    input_transform : callable, default=None
+        Applied to each packed batch of input rows (an array of shape
+        (n_rows, n_features)); its values replace them. For a per-feature
+        normalisation: done on the packed copy, it spares a pass over the
+        sequences and their concatenation (15 us of a W1 prediction).
 
     Returns
     -------
@@ -615,9 +621,8 @@ def network_outputs(flat_params, shapes, net_shape, sequences, lengths, backend,
     h_n, c_n : ndarray
         Only with ``return_states``.
     """
-    params = unflatten(flat_params, shapes)
     n_outputs = params["head.bias"].shape[0]
-    dtype = flat_params.dtype
+    dtype = params["head.bias"].dtype
     n_rows = int(lengths.sum()) if per_step else len(sequences)
     outputs = np.empty((n_rows, n_outputs), dtype=dtype)
     if return_states:
@@ -631,6 +636,9 @@ def network_outputs(flat_params, shapes, net_shape, sequences, lengths, backend,
     with compute_environment(n_threads) as executor:
         for order in length_sorted_batches(lengths, PREDICT_BATCH_SIZE):
             shards = pack_shards(sequences, lengths, order, step_starts=step_starts)
+            if input_transform is not None:
+                for shard in shards:  # packed copies, never the caller's arrays
+                    shard.X[...] = input_transform(shard.X)
             initial_h = None if h0 is None else [h0[:, shard.order] for shard in shards]
             initial_c = None if c0 is None else [c0[:, shard.order] for shard in shards]
             forward = network_forward(params, net_shape, shards, backend, h0=initial_h,

@@ -78,8 +78,8 @@ def unflatten(flat, shapes):
     return views
 
 
-def flatten(weights, shapes, dtype):
-    """Concatenate named weights into one flat vector, checking every shape.
+def checked_weights(weights, shapes, dtype):
+    """Named weights as arrays of ``dtype``, every name and shape checked.
 
     Parameters
     ----------
@@ -90,17 +90,36 @@ def flatten(weights, shapes, dtype):
 
     Returns
     -------
-    flat : ndarray of shape (n_parameters,)
+    params : dict of str to ndarray
+        C-contiguous arrays of ``dtype``, in the order of ``shapes``: the
+        caller's own arrays where they already are, else copies.
     """
-    parts = []
+    params = {}
     for name, shape in shapes:
         if name not in weights:
             raise ValueError(f"weights_ has no entry {name!r}.")
-        value = np.asarray(weights[name], dtype=dtype)
+        value = np.ascontiguousarray(weights[name], dtype=dtype)
         if value.shape != shape:
             raise ValueError(f"weights_[{name!r}] has shape {value.shape}, expected {shape}.")
-        parts.append(value.ravel())
-    return np.concatenate(parts)
+        params[name] = value
+    return params
+
+
+def flatten(weights, shapes, dtype):
+    """Concatenate named weights into one flat vector, checking every shape.
+
+    Parameters
+    ----------
+    weights : dict of str to array-like
+    shapes : list of (str, tuple)
+    dtype : numpy dtype
+
+    Returns
+    -------
+    flat : ndarray of shape (n_parameters,)
+    """
+    return np.concatenate([value.ravel()
+                           for value in checked_weights(weights, shapes, dtype).values()])
 
 
 def n_parameters(shapes):
@@ -158,7 +177,8 @@ def init_parameters(shapes, rng, dtype, input_weights_initializer="glorot",
     "zeros". Biases are "unit-forget-gate" (1 for the forget gate, 0
     elsewhere, set in ``bias_ih`` only, so that the effective bias is 1),
     "narrow-normal", "ones" or "zeros", all set in ``bias_ih`` (``bias_hh``
-    starts at zero), so that the effective bias is as named. The output layer is Glorot-uniform with zero bias.
+    starts at zero), so that the effective bias is as named. The output layer
+    is Glorot-uniform with zero bias.
     Parameters are drawn in the order of ``shapes``, so a seed fixes them all.
 
     Parameters

@@ -154,6 +154,23 @@ def test_normalization_is_fitted_on_the_training_data(method):
         np.testing.assert_allclose([frames.min(axis=0), frames.max(axis=0)], [[0, 0], [1, 1]], atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["zscore", "rescale-zero-one"])
+def test_prediction_normalises_as_the_scaler_does(method):
+    # Prediction normalises the packed copy of the input rows; the result must
+    # be, bit for bit, that of an unnormalised model with the same weights fed
+    # the scaler's own output.
+    X, y = sign_task(60)
+    X = [1000.0 * s + 50.0 for s in X]
+    clf = LSTMClassifier(max_epochs=2, normalization=method, **FAST).fit(X, y)
+    plain = LSTMClassifier(max_epochs=1, normalization=None, **FAST).fit(X, y)
+    plain.weights_ = {name: value.copy() for name, value in clf.weights_.items()}
+    X_before = [s.copy() for s in X]
+    expected = plain.predict_proba(clf.scaler_.transform(X))
+    np.testing.assert_array_equal(clf.predict_proba(X), expected)
+    for before, after in zip(X_before, X):
+        np.testing.assert_array_equal(before, after)
+
+
 def test_zscore_makes_the_model_invariant_to_input_units():
     X, y = sign_task(60)
     scaled = [1000.0 * s + 50.0 for s in X]

@@ -559,14 +559,16 @@ or list of array-like of shape (T_i,) or (T_i, n_outputs)
         Notes
         -----
         For a streaming loop, pass a 3-D array (n_sequences, T, n_features),
-        e.g. shape (1, 1, n_features) for one new step of one stream: with
-        the numba backend such calls run the whole network in one compiled
-        function (a few microseconds for a small network) instead of the
-        general path (validation, packing, one kernel call per layer).
+        e.g. shape (1, 1, n_features) for one new step of one stream, or a
+        list of arrays (T, n_features) of one shape: with the numba backend
+        such calls run the whole network in one compiled function (a few
+        microseconds for a small network) instead of the general path
+        (validation, packing, one kernel call per layer).
         """
         streaming = self._streaming_network()
-        if streaming is not None and streaming.accepts(X):
-            outputs = self._stream(streaming, X)
+        batch = None if streaming is None else streaming.batch(X)
+        if batch is not None:
+            outputs = self._stream(streaming, batch)
             if outputs is not None:
                 values = self._decode_outputs(outputs)  # (B, T or 1)
                 return list(values) if streaming.per_step else values[:, 0]

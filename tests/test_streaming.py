@@ -53,9 +53,10 @@ def test_fast_path_answers_as_the_general_path(Estimator, per_step, network, dty
     X, y = data(per_step, Estimator is LSTMClassifier)
     model = Estimator(dtype=dtype, **COMMON, **NETWORKS[network]).fit(X, y)
     stream = np.random.default_rng(1).standard_normal((3, 9, 3)) * 5 + 2
-    # The general path, fed as a list (which the fast path does not take).
-    expected = model.reset_state().predict_and_update_state(list(stream[:, :4]))
-    expected_rest = model.predict_and_update_state(list(stream[:, 4:]))
+    # The general path, fed nested lists (which the fast path does not take).
+    expected = model.reset_state().predict_and_update_state(
+        [seq.tolist() for seq in stream[:, :4]])
+    expected_rest = model.predict_and_update_state([seq.tolist() for seq in stream[:, 4:]])
     h, c = (a.copy() for a in model._state)
     model.reset_state()
     fast = model.predict_and_update_state(stream[:, :4])
@@ -94,6 +95,26 @@ def test_one_step_calls_take_the_fast_path(general_path_forbidden):
     # float64 input into a float32 model, and a non-contiguous view.
     wide = np.ones((1, 1, 6))[:, :, ::2]
     model.predict_and_update_state(wide)
+
+
+def test_a_list_of_equal_shaped_arrays_takes_the_fast_path(monkeypatch):
+    X, y = data(True, False)
+    model = LSTMRegressor(**COMMON).fit(X, y)
+    steps = np.random.default_rng(3).standard_normal((4, 2, 2, 3))  # 4 calls, 2 streams
+    expected = [model.predict_and_update_state(step) for step in steps]
+    model.reset_state()
+    with monkeypatch.context() as patch:
+        patch.setattr(fastlstm._estimators, "network_outputs",
+                      lambda *a, **k: pytest.fail("the general path ran"))
+        got = [model.predict_and_update_state(list(step)) for step in steps]
+        # One shape, another float dtype than the model's: still one stack.
+        model.predict_and_update_state((steps[0, 0].astype(np.float32), steps[0, 1]))
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Unequal lengths go the general way (and still answer).
+    model.reset_state()
+    ragged = model.predict_and_update_state([steps[0, 0], steps[0, 1, :1]])
+    assert [len(piece) for piece in ragged] == [2, 1]
 
 
 def test_fast_path_never_writes_the_callers_arrays():

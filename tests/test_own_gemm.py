@@ -87,6 +87,26 @@ def test_matmul_strided_and_transposed_operands(own_gemm_on, accumulate, m):
     np.testing.assert_array_equal(C_wide[:, 47:], before[:, 47:])
 
 
+# Weight gradients (A transposed, many rows, a narrow C whose width is not a
+# multiple of 32) are computed as C^T = B^T A^T and transposed back; the
+# sums are the same, so the bits must be those of the product with A
+# row-major, which runs directly. Strided B and C, and k over two blocks.
+@needs_avx512
+@pytest.mark.parametrize("m, n", [(128, 12), (400, 100), (256, 28), (300, 1), (400, 127),
+                                  (256, 64), (127, 12)])
+def test_transposed_a_products_match_the_direct_ones_bit_for_bit(own_gemm_on, m, n):
+    rng = np.random.default_rng(m + n)
+    k = 540
+    A_rows = rng.standard_normal((k, m)).astype(np.float32)  # dG: A = dG^T
+    B = rng.standard_normal((k, n + 3)).astype(np.float32)[:, 2:n + 2]
+    C_wide = np.full((m, n + 9), -5.0, np.float32)
+    C = C_wide[:, 4:n + 4]
+    _gemm.matmul(A_rows.T, B, C)
+    np.testing.assert_array_equal(C, _gemm.matmul(np.ascontiguousarray(A_rows.T), B))
+    assert relative_error(C, reference_product(A_rows.T, B)) < 1e-6 * np.sqrt(k)
+    assert (C_wide[:, :4] == -5.0).all() and (C_wide[:, n + 4:] == -5.0).all()
+
+
 @needs_avx512
 def test_a_row_does_not_depend_on_the_other_rows(own_gemm_on):
     # The kernel's determinism promise: each C[i, j] is summed in one fixed

@@ -370,7 +370,6 @@ static void fastlstm_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
     }
 }
 
-
 /* out[j, i] = a[i, j] for a 16 x 16 (or smaller: rows x columns) block, in
  * registers: four rounds of shuffles (32-bit, 64-bit, then two of 128-bit
  * lanes) leave column c of the block in register c. */

@@ -15,6 +15,7 @@ or more (OpenMP threads waiting on a busy core) and the budgets keep the
 suite's duration bounded. The rounds actually run are in ``extra_info``.
 """
 
+import itertools
 import json
 import os
 import shutil
@@ -152,6 +153,29 @@ def test_train(benchmark, device, request, name, impl, variant):
                      rounds=rounds, fused_adam=variant == "fused-adam")
 
 
+def _alternate_blocks(calls, *, block, block_warmup, budget_s, max_cycles=None):
+    """Time ``calls`` (name -> callable) in blocks of back-to-back calls.
+
+    Cycles of blocks in the order A B ... B A (ABBA for two), until a cycle
+    ends past ``budget_s`` or after ``max_cycles``. The first
+    ``block_warmup`` calls of each block are not counted. Returns each
+    name's counted durations in seconds.
+    """
+    order = list(calls) + list(reversed(calls))
+    times = {name: [] for name in calls}
+    start_all = time.perf_counter()
+    for _ in itertools.count() if max_cycles is None else range(max_cycles):
+        for name in order:
+            for index in range(block):
+                start = time.perf_counter()
+                calls[name]()
+                if index >= block_warmup:
+                    times[name].append(time.perf_counter() - start)
+        if time.perf_counter() - start_all > budget_s:
+            break
+    return times
+
+
 @pytest.mark.parametrize("name", ["W1", "W2"])
 def test_train_interleaved(benchmark, fastlstm_ready, torch_ready, device, name):
     """fastlstm and PyTorch (2 threads) in alternating blocks, so that drift
@@ -172,24 +196,17 @@ def test_train_interleaved(benchmark, fastlstm_ready, torch_ready, device, name)
     benchmark.group = f"{name}-train-interleaved"
     fast = wl.FastlstmTrainStep(spec)
     torch_step = wl.TorchTrainStep(spec, device=device)
-    times = {"fastlstm": [], "torch": []}
+    times = {}
 
     def alternate():
         with fast, torch_threads(TORCH_THREADS):
             for _ in range(5):
                 fast.step()
                 torch_step.step()
-            start_all = time.perf_counter()
-            for block in range(INTERLEAVED_BLOCKS):
-                which = "fastlstm" if block % 4 in (0, 3) else "torch"  # ABBA
-                run = fast.step if which == "fastlstm" else torch_step.step
-                for index in range(INTERLEAVED_BLOCK):
-                    start = time.perf_counter()
-                    run()
-                    if index >= INTERLEAVED_BLOCK_WARMUP:
-                        times[which].append(time.perf_counter() - start)
-                if block % 4 == 3 and time.perf_counter() - start_all > INTERLEAVED_BUDGET_S:
-                    break
+            times.update(_alternate_blocks(
+                {"fastlstm": fast.step, "torch": torch_step.step}, block=INTERLEAVED_BLOCK,
+                block_warmup=INTERLEAVED_BLOCK_WARMUP, budget_s=INTERLEAVED_BUDGET_S,
+                max_cycles=INTERLEAVED_BLOCKS // 4))
 
     run_once(benchmark, alternate)
     medians = {name: float(np.median(values)) for name, values in times.items()}
@@ -315,22 +332,16 @@ def test_infer_interleaved(benchmark, fastlstm_ready, torch_ready, device, tmp_p
         labels["onnxruntime"] = "onnxruntime"
     except pytest.skip.Exception:
         pass
-    order = list(calls) + list(reversed(calls))
-    times = {name: [] for name in calls}
+    times = {}
 
     def alternate():
         with torch_threads(TORCH_THREADS):
             for call in calls.values():
                 for _ in range(INFER_INTERLEAVED_WARMUP):
                     call()
-            start_all = time.perf_counter()
-            while time.perf_counter() - start_all < INFER_INTERLEAVED_BUDGET_S:
-                for name in order:
-                    for index in range(INFER_INTERLEAVED_BLOCK):
-                        start = time.perf_counter()
-                        calls[name]()
-                        if index >= INFER_INTERLEAVED_WARMUP:
-                            times[name].append(time.perf_counter() - start)
+            times.update(_alternate_blocks(
+                calls, block=INFER_INTERLEAVED_BLOCK, block_warmup=INFER_INTERLEAVED_WARMUP,
+                budget_s=INFER_INTERLEAVED_BUDGET_S))
 
     run_once(benchmark, alternate)
     medians = {name: float(np.median(values)) for name, values in times.items()}

@@ -20,7 +20,7 @@ from setuptools.errors import CompileError, LinkError
 # One row per extension. Each entry lists its sources, whether it uses
 # OpenMP and whether it uses NumPy's C API.
 EXTENSIONS = {
-    "fastlstm._packing": {"sources": ["fastlstm/_packing.pyx"], "openmp": True},
+    "fastlstm._packing": {"sources": ["fastlstm/_packing.pyx"], "openmp": True, "numpy": True},
     "fastlstm._fpenv": {"sources": ["fastlstm/_fpenv.pyx"], "openmp": False},
     "fastlstm._spin": {"sources": ["fastlstm/_spin.pyx"], "openmp": False},
     "fastlstm._optim_kernels": {"sources": ["fastlstm/_optim_kernels.pyx"], "openmp": False},

@@ -4,8 +4,9 @@ Parameters and gradients are each one contiguous vector (see ``_weights``),
 so an update is a few in-place NumPy operations whatever the network's shape.
 Every optimiser preallocates the buffers it needs when it is built: a step
 allocates nothing, which keeps the per-batch cost flat on large networks.
-Adam's step and the L2 term run as one compiled pass each
-(``_optim_kernels.pyx``), bit for bit their NumPy references here.
+Adam's step and the L2 term run as compiled passes (``_optim_kernels.pyx``),
+bit for bit their NumPy references here; without gradient clipping between
+them, Adam takes the L2 term into its own pass (:meth:`Adam.regularised_step`).
 
 The three optimisers follow MATLAB's ``trainingOptions`` ("adam", "sgdm",
 "rmsprop") with its default hyper-parameters; each one also matches the
@@ -76,6 +77,23 @@ class _FlatOptimizer:
             np.copyto(getattr(self, name), state[name])
         self.n_steps = int(state["n_steps"])
 
+    def regularised_step(self, params, grads, l2_factor, l2_mask):
+        """:func:`add_l2_regularization` on ``grads``, then :meth:`step`.
+
+        Parameters
+        ----------
+        params : ndarray of shape (n_parameters,)
+            Updated in place.
+        grads : ndarray of shape (n_parameters,)
+            The L2 term is added to it in place.
+        l2_factor : float
+            Regularisation factor; 0 is a plain step.
+        l2_mask : ndarray of bool, shape (n_parameters,)
+            True on the entries to regularise (the weights).
+        """
+        add_l2_regularization(grads, params, l2_factor, l2_mask)
+        self.step(params, grads)
+
 
 class Adam(_FlatOptimizer):
     """Adam (Kingma & Ba, 2015) with bias correction, as MATLAB's and torch's.
@@ -127,15 +145,26 @@ class Adam(_FlatOptimizer):
         self._scratch = np.empty(n_parameters, dtype=dtype)
 
     def _corrections(self):
-        """(step_size, epsilon_hat) of the current step, float64.
+        """(step_size, epsilon_hat) of the current step, in the moments' dtype.
 
         Both bias corrections are folded into two scalars, which saves two
         passes over the vector: lr/c1 * m / (sqrt(v/c2) + eps) equals
-        (lr sqrt(c2)/c1) * m / (sqrt(v) + eps sqrt(c2)).
+        (lr sqrt(c2)/c1) * m / (sqrt(v) + eps sqrt(c2)). They are computed
+        in float64 and rounded once to the dtype, in which the whole update
+        then runs (as torch's Adam does on float32 parameters).
         """
         sqrt_c2 = np.sqrt(1 - self.beta2**self.n_steps)
         step_size = self.learning_rate * sqrt_c2 / (1 - self.beta1**self.n_steps)
-        return step_size, self.epsilon * sqrt_c2
+        scalar = self.first_moment.dtype.type
+        return scalar(step_size), scalar(self.epsilon * sqrt_c2)
+
+    def _update(self, params, grads, l2_factor, l2_mask):
+        self.n_steps += 1
+        step_size, epsilon_hat = self._corrections()
+        scalar = self.first_moment.dtype.type
+        adam_update(params, grads, self.first_moment, self.second_moment, scalar(self.beta1),
+                    scalar(1 - self.beta1), scalar(self.beta2), scalar(1 - self.beta2),
+                    step_size, epsilon_hat, scalar(l2_factor), l2_mask)
 
     def step(self, params, grads):
         """Update ``params`` in place from ``grads``.
@@ -150,15 +179,25 @@ class Adam(_FlatOptimizer):
         grads : ndarray of shape (n_parameters,)
             Read only.
         """
-        self.n_steps += 1
-        step_size, epsilon_hat = self._corrections()
-        scalar = self.first_moment.dtype.type
-        adam_update(params, grads, self.first_moment, self.second_moment, scalar(self.beta1),
-                    scalar(1 - self.beta1), scalar(self.beta2), scalar(1 - self.beta2),
-                    float(step_size), float(epsilon_hat))
+        self._update(params, grads, 0, None)
 
-    def reference_step(self, params, grads):
-        """:meth:`step` in NumPy (nine passes over the vectors): the reference."""
+    def regularised_step(self, params, grads, l2_factor, l2_mask):
+        """:func:`add_l2_regularization`, then :meth:`step`, in one compiled pass.
+
+        Bit for bit the two calls (and :meth:`reference_step` with the same
+        arguments); ``grads`` ends up regularised, as after the two calls.
+        One pass instead of two saves reading the gradients and parameters
+        twice. ``params`` and ``grads`` must be as :meth:`step` takes them.
+        """
+        l2_mask = _checked_mask(l2_mask, grads)
+        l2_factor = grads.dtype.type(l2_factor)  # as add_l2_regularization rounds it
+        mask = None if l2_factor == 0 else np.ascontiguousarray(l2_mask).view(np.uint8)
+        self._update(params, grads, l2_factor, mask)
+
+    def reference_step(self, params, grads, l2_factor=0, l2_mask=None):
+        """:meth:`regularised_step` in NumPy (two plus nine passes): the reference."""
+        if l2_mask is not None and l2_factor != 0:
+            add_l2_regularization_reference(grads, params, l2_factor, l2_mask)
         self.n_steps += 1
         m, v, scratch = self.first_moment, self.second_moment, self._scratch
         m *= self.beta1
@@ -346,6 +385,19 @@ def make_optimizer(name, n_parameters, dtype, learning_rate, *, momentum=0.9, be
     raise ValueError(f"Unknown optimizer {name!r}; valid optimizers are {OPTIMIZERS}.")
 
 
+def _checked_mask(mask, flat_grads):
+    """``mask`` as an array, if it is a boolean one shaped like ``flat_grads``."""
+    mask = np.asarray(mask)
+    # An index array or a 0/1 float array would be silently misread as a
+    # mask by ``where=``, or rejected with an obscure message.
+    if mask.dtype != np.bool_ or mask.shape != flat_grads.shape:
+        raise ValueError(
+            f"mask must be a boolean array of shape {flat_grads.shape}; got dtype "
+            f"{mask.dtype} and shape {mask.shape}."
+        )
+    return mask
+
+
 def add_l2_regularization(flat_grads, flat_params, factor, mask, *, scratch=None):
     """Add the gradient of ``factor / 2 * ||w||**2`` to the masked entries, in place.
 
@@ -369,14 +421,7 @@ def add_l2_regularization(flat_grads, flat_params, factor, mask, *, scratch=None
         allocated per call; pass one to keep the training step
         allocation-free.
     """
-    mask = np.asarray(mask)
-    # An index array or a 0/1 float array would be silently misread as a
-    # mask by ``where=``, or rejected with an obscure message.
-    if mask.dtype != np.bool_ or mask.shape != flat_grads.shape:
-        raise ValueError(
-            f"mask must be a boolean array of shape {flat_grads.shape}; got dtype "
-            f"{mask.dtype} and shape {mask.shape}."
-        )
+    mask = _checked_mask(mask, flat_grads)
     if factor == 0:
         return
     # The factor in the gradients' dtype, as a Python float would be (NumPy 2).

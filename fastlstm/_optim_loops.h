@@ -20,24 +20,38 @@
 #define FASTLSTM_CLONES
 #endif
 
-/* m = beta1 m + (1 - beta1) g; v = beta2 v + (1 - beta2) g^2;
- * p -= step_size * m / (sqrt(v) + epsilon_hat), the last two scalars and
- * their arithmetic in double, as NumPy does with float64 scalars. */
-#define FASTLSTM_DEFINE_ADAM(NAME, T, SQRT)                                         \
-FASTLSTM_CLONES static void NAME(ptrdiff_t n, T *params, const T *grads, T *m, T *v, \
-                                 T beta1, T one_minus_beta1, T beta2,                \
-                                 T one_minus_beta2, double step_size,                \
-                                 double epsilon_hat)                                 \
-{                                                                                    \
-    for (ptrdiff_t i = 0; i < n; i++) {                                              \
-        const T g = grads[i];                                                        \
+/* Optionally the L2 term first, g += l2_factor p where l2_mask (then g is
+ * written back, as add_l2_regularization leaves it); then
+ * m = beta1 m + (1 - beta1) g; v = beta2 v + (1 - beta2) g^2;
+ * p -= step_size * (m / (sqrt(v) + epsilon_hat)), all in T, as NumPy does
+ * with scalars of the array's dtype. One pass instead of two: the L2 term
+ * reads the same p and g that the update reads anyway. */
+#define FASTLSTM_ADAM_ELEMENT(T, SQRT)                                               \
         const T m_i = m[i] * beta1 + g * one_minus_beta1;                            \
         const T v_i = v[i] * beta2 + (g * g) * one_minus_beta2;                      \
         m[i] = m_i;                                                                  \
         v[i] = v_i;                                                                  \
-        const T denominator = (T)((double)SQRT(v_i) + epsilon_hat);                  \
-        const T ratio = m_i / denominator;                                           \
-        params[i] = params[i] - (T)((double)ratio * step_size);                      \
+        const T ratio = m_i / (SQRT(v_i) + epsilon_hat);                             \
+        params[i] = params[i] - ratio * step_size;
+
+#define FASTLSTM_DEFINE_ADAM(NAME, T, SQRT)                                         \
+FASTLSTM_CLONES static void NAME(ptrdiff_t n, T *params, T *grads, T *m, T *v,       \
+                                 T beta1, T one_minus_beta1, T beta2,                \
+                                 T one_minus_beta2, T step_size, T epsilon_hat,      \
+                                 T l2_factor, const unsigned char *l2_mask)          \
+{                                                                                    \
+    if (l2_mask == NULL) {                                                           \
+        for (ptrdiff_t i = 0; i < n; i++) {                                          \
+            const T g = grads[i];                                                    \
+            FASTLSTM_ADAM_ELEMENT(T, SQRT)                                           \
+        }                                                                            \
+        return;                                                                      \
+    }                                                                                \
+    for (ptrdiff_t i = 0; i < n; i++) {                                              \
+        const T regularised = grads[i] + params[i] * l2_factor;                      \
+        const T g = l2_mask[i] ? regularised : grads[i];                             \
+        grads[i] = g;                                                                \
+        FASTLSTM_ADAM_ELEMENT(T, SQRT)                                               \
     }                                                                                \
 }
 

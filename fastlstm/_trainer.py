@@ -414,13 +414,17 @@ class Trainer:
                 flat_grads += buffer
         grads["head.weight"][:] = d_outputs.T @ features
         grads["head.bias"][:] = d_outputs.sum(axis=0)
-        if options.l2_regularization > 0:
-            add_l2_regularization(flat_grads, self.flat_params, options.l2_regularization,
-                                  self.weight_mask)
-        if options.gradient_threshold is not None:
+        if options.gradient_threshold is None:
+            # Nothing between the L2 term and the update: one pass for both.
+            self.optimizer.regularised_step(self.flat_params, flat_grads,
+                                            options.l2_regularization, self.weight_mask)
+        else:
+            if options.l2_regularization > 0:
+                add_l2_regularization(flat_grads, self.flat_params, options.l2_regularization,
+                                      self.weight_mask)
             clip_gradients(flat_grads, grads, options.gradient_threshold,
                            options.gradient_threshold_method)
-        self.optimizer.step(self.flat_params, flat_grads)
+            self.optimizer.step(self.flat_params, flat_grads)
         self.iterations_done += 1
         return value, len(rows), carried
 

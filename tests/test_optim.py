@@ -356,13 +356,16 @@ def test_l2_on_every_entry_is_torch_weight_decay(name):
     factor, mask = 0.05, np.ones(N_PARAMETERS, dtype=bool)
     p = params.copy()
     optimizer = make_optimizer(name, N_PARAMETERS, np.float64, 1e-2, **HYPER)
+    fused = make_optimizer(name, N_PARAMETERS, np.float64, 1e-2, **HYPER)
+    p_fused = params.copy()
     for grad in grads:
         g = grad.copy()
         add_l2_regularization(g, p, factor, mask)
         optimizer.step(p, g)
-    np.testing.assert_allclose(
-        p, run_torch(name, params, grads, constant_rate, weight_decay=factor),
-        rtol=1e-12, atol=1e-12)
+        fused.regularised_step(p_fused, grad.copy(), factor, mask)
+    expected = run_torch(name, params, grads, constant_rate, weight_decay=factor)
+    np.testing.assert_allclose(p, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(p_fused, expected, rtol=1e-12, atol=1e-12)
 
 
 # Learning-rate schedules
@@ -511,6 +514,42 @@ def test_compiled_adam_is_bit_for_bit_the_numpy_reference(dtype):
         np.testing.assert_array_equal(compiled.first_moment, reference.first_moment)
         np.testing.assert_array_equal(compiled.second_moment, reference.second_moment)
     assert not np.array_equal(p_compiled, rng.standard_normal(n).astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_regularised_adam_step_is_bit_for_bit_the_two_calls(dtype):
+    # One pass (Adam.regularised_step) = add_l2_regularization then step =
+    # the NumPy reference, on the parameters, both moments and the
+    # regularised gradients left behind.
+    rng = np.random.default_rng(2)
+    n, factor = 1003, 3e-2
+    mask = rng.random(n) < 0.7
+    fused, separate, reference = (Adam(n, dtype, learning_rate=3e-3, beta1=0.85, beta2=0.99,
+                                       epsilon=1e-7) for _ in range(3))
+    p_fused = rng.standard_normal(n).astype(dtype)
+    p_separate, p_reference = p_fused.copy(), p_fused.copy()
+    for step in range(12):
+        grads = (rng.standard_normal(n) * 10.0 ** rng.integers(-8, 3, n)).astype(dtype)
+        g_fused, g_separate, g_reference = grads.copy(), grads.copy(), grads.copy()
+        fused.regularised_step(p_fused, g_fused, factor, mask)
+        add_l2_regularization(g_separate, p_separate, factor, mask)
+        separate.step(p_separate, g_separate)
+        reference.reference_step(p_reference, g_reference, factor, mask)
+        for got, want in ((p_fused, p_separate), (p_fused, p_reference),
+                          (g_fused, g_separate), (g_fused, g_reference),
+                          (fused.first_moment, separate.first_moment),
+                          (fused.second_moment, reference.second_moment)):
+            np.testing.assert_array_equal(got, want)
+        assert not np.array_equal(g_fused[mask], grads[mask])
+        np.testing.assert_array_equal(g_fused[~mask], grads[~mask])
+    # A zero factor is a plain step.
+    plain, zero = Adam(n, dtype, learning_rate=3e-3), Adam(n, dtype, learning_rate=3e-3)
+    p_plain, p_zero = p_fused.copy(), p_fused.copy()
+    plain.step(p_plain, grads)
+    zero.regularised_step(p_zero, grads.copy(), 0.0, mask)
+    np.testing.assert_array_equal(p_zero, p_plain)
+    with pytest.raises(ValueError, match="boolean array"):
+        Adam(n, dtype, 1e-3).regularised_step(p_plain, grads, factor, mask.astype(dtype))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -135,6 +135,26 @@ def test_pack_accepts_read_only_inputs(dtype):
     assert_array_equal(out, pack_naive(sequences, order).astype(dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pack_reads_every_kind_of_buffer_alike(dtype):
+    # Plain ndarrays are read through NumPy's C API, anything else through a
+    # typed view: a buffer that is not an ndarray, an unaligned array and an
+    # ndarray subclass must pack exactly like plain arrays.
+    sequences = make_sequences([5, 4, 3, 2], n_features=3, dtype=dtype)
+    raw = np.zeros(sequences[1].nbytes + 1, dtype=np.uint8)
+    unaligned = np.frombuffer(raw.data, dtype=dtype, count=sequences[1].size,
+                              offset=1).reshape(sequences[1].shape)
+    unaligned[...] = sequences[1]
+    assert not unaligned.flags.aligned
+    mixed = [sequences[0], unaligned, memoryview(sequences[2]), sequences[3].view(np.matrix)]
+    order = longest_first(sequences)
+    out = np.full((14, 3), np.nan, dtype=dtype)
+
+    pack_sequences(mixed, order, out)
+
+    assert_array_equal(out, pack_naive(sequences, order).astype(dtype))
+
+
 def test_pack_repeated_index():
     # Repeating a sequence is harmless when packing (only reads are shared).
     sequences = make_sequences([3, 2], n_features=2, dtype=np.float64)

@@ -11,9 +11,8 @@ in ``_optim.py`` as the readable reference (``Adam.reference_step``,
 array's dtype and rounded where NumPy rounds it. Adam's scalars come in that
 dtype too: computing its last three operations in float64, as it once did,
 doubled a float32 step (32 instead of 15.5 us for W1's 92,000 parameters,
-in cache).
-``-ffp-contract=off`` keeps the compiler from fusing a multiply and
-an add into one FMA, which would round once instead of twice;
+in cache). ``-ffp-contract=off`` keeps the compiler from fusing a multiply
+and an add into one FMA, which would round once instead of twice;
 ``-fno-math-errno`` lets it vectorise ``sqrt`` (still the correctly rounded
 IEEE square root, only without setting errno for negative inputs, which
 cannot occur here); ``-fno-trapping-math`` lets it compute the L2 update on
@@ -90,4 +89,3 @@ def add_masked_l2(floating[::1] grads, const floating[::1] params, floating fact
             fastlstm_masked_l2_float(n, &grads[0], &params[0], factor, &mask[0])
         else:
             fastlstm_masked_l2_double(n, &grads[0], &params[0], factor, &mask[0])
-

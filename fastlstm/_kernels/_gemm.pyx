@@ -4,10 +4,10 @@
 One copy of the kernel and of its on/off switch serves every caller: the
 Cython kernels call :c:func:`sgemm` (a ``cimport`` of this module), the numba
 kernels call the C function at :func:`numba_entry_address` (registered with
-LLVM by ``numba_lstm``), and Python (tests, benchmarks) calls :func:`matmul`. The same header's
-transpose, which turns the weights into the GEMM's row-contiguous operands,
-is reached the same three ways (:c:func:`stranspose`,
-:func:`numba_transpose_address`, :func:`transpose`).
+LLVM by ``numba_lstm``), and Python (tests, benchmarks) calls :func:`matmul`.
+The same header's transpose, which turns the weights into the GEMM's
+row-contiguous operands, is reached the same three ways
+(:c:func:`stranspose`, :func:`numba_transpose_address`, :func:`transpose`).
 
 The kernel is used where the CPU has AVX-512, for float32 only; elsewhere,
 and for float64 (where the kernels must agree with the NumPy reference to

@@ -80,6 +80,12 @@ W3 = Spec("W3", input_size=32, hidden_size=256, num_layers=2, bidirectional=Fals
 W4 = Spec("W4", input_size=8, hidden_size=128, num_layers=1, bidirectional=False,
           batch_size=1, n_steps=1, task="regression", n_outputs=1)
 W4_LONG_STEPS = 1000
+# Closed-loop forecasting: W4's network predicting its own 8 inputs, reading
+# an observed stretch of one series, then feeding each prediction back.
+W4_FORECAST = Spec("W4-forecast", input_size=8, hidden_size=128, num_layers=1,
+                   bidirectional=False, batch_size=1, n_steps=20, task="regression",
+                   n_outputs=8)
+W4_FORECAST_STEPS = 100
 
 SPECS = {spec.name: spec for spec in (W1, W2, W3, W4)}
 
@@ -236,7 +242,8 @@ def fitted_fastlstm_estimator(spec, *, seed=0, per_step=False, n_sequences=None,
     rng = np.random.RandomState(seed)
     X = rng.standard_normal((n_sequences, n_steps, spec.input_size)).astype(DTYPE)
     if per_step:
-        y = [rng.standard_normal(n_steps).astype(DTYPE) for _ in range(n_sequences)]
+        shape = (n_steps,) if spec.n_outputs == 1 else (n_steps, spec.n_outputs)
+        y = [rng.standard_normal(shape).astype(DTYPE) for _ in range(n_sequences)]
     elif spec.task == "classification":
         y = np.arange(n_sequences) % spec.n_outputs
     else:
@@ -353,6 +360,43 @@ class TorchStreamingStep:
             out = self.head(self.h)
         _sync(self.device)
         return out
+
+
+class TorchClosedLoopForecast:
+    """W4-forecast: ``nn.LSTM`` reads the observed steps, then ``nn.LSTMCell``
+    (the same weights) and the head predict each next input from the last."""
+
+    def __init__(self, spec, n_forecast, *, device="cpu", seed=0):
+        import torch
+
+        torch.manual_seed(seed)
+        self.device, self.n_forecast = device, n_forecast
+        self.lstm = torch.nn.LSTM(spec.input_size, spec.hidden_size).to(device).eval()
+        self.cell = torch.nn.LSTMCell(spec.input_size, spec.hidden_size).to(device).eval()
+        with torch.no_grad():
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(self.cell, name).copy_(getattr(self.lstm, f"{name}_l0"))
+        self.head = torch.nn.Linear(spec.hidden_size, spec.n_outputs).to(device).eval()
+        rng = np.random.RandomState(seed)
+        self.x = torch.as_tensor(
+            rng.standard_normal((spec.n_steps, 1, spec.input_size)).astype(DTYPE),
+            device=device)
+
+    def __call__(self):
+        import torch
+
+        with torch.no_grad():
+            out, (h, c) = self.lstm(self.x)
+            h, c = h[0], c[0]
+            y = self.head(out[-1])
+            steps = [y]
+            for _ in range(self.n_forecast - 1):
+                h, c = self.cell(y, (h, c))
+                y = self.head(h)
+                steps.append(y)
+            forecast = torch.stack(steps, dim=1)
+        _sync(self.device)
+        return forecast
 
 
 class TorchSequenceInference:

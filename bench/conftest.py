@@ -50,6 +50,38 @@ def pytest_addoption(parser):
                     help="fewer epochs for the end-to-end Japanese Vowels fits")
 
 
+def _version(module_name):
+    """A module's ``__version__``, or None where it does not import."""
+    try:
+        module = __import__(module_name)
+    except Exception:  # not installed, or broken: the run goes on without it
+        return None
+    return getattr(module, "__version__", None)
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Add what the ratios depend on besides the CPU to the JSON's ``machine_info``.
+
+    pytest-benchmark records the CPU (``machine_info["cpu"]``); the report
+    prints it with these, because the same code gives very different ratios
+    on another CPU or with another PyTorch or BLAS build.
+    """
+    from threadpoolctl import threadpool_info
+
+    from fastlstm._kernels import _gemm
+
+    info = {
+        "versions": {name: _version(name) for name in
+                     ("fastlstm", "numpy", "numba", "scipy", "sklearn", "torch", "onnxruntime")},
+        "own_gemm": bool(_gemm.enabled()),
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+        "blas": sorted({f"{pool.get('internal_api')} {pool.get('version')} "
+                        f"({pool.get('architecture')})"
+                        for pool in threadpool_info() if pool.get("user_api") == "blas"}),
+    }
+    machine_info["fastlstm"] = info
+
+
 @pytest.fixture(scope="session")
 def device(request):
     """The device of the run; skips every entry when cuda is asked for but absent."""

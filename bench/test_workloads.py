@@ -417,6 +417,40 @@ def test_w4_sequence_torch(benchmark, torch_ready, device):
         run_budgeted(benchmark, infer, **W4_SEQUENCE_ROUNDS)
 
 
+@pytest.fixture(scope="module")
+def w4_forecaster(fastlstm_ready):
+    """A fitted per-step LSTMRegressor predicting its own 8 inputs (hidden 128)."""
+    if fastlstm_ready == "cuda":
+        pytest.skip("closed-loop forecasting steps one sequence at a time: a CPU path")
+    return wl.fitted_fastlstm_estimator(wl.W4_FORECAST, per_step=True, n_sequences=8)
+
+
+def test_w4_forecast_fastlstm(benchmark, w4_forecaster):
+    """``forecast``: read 20 observed steps of one series, then 100 closed-loop steps."""
+    benchmark.group = "W4-forecast"
+    spec = wl.W4_FORECAST
+    x = np.random.RandomState(0).standard_normal(
+        (spec.n_steps, spec.input_size)).astype(wl.DTYPE)
+    record(benchmark, workload=benchmark.group, impl="fastlstm", label="fastlstm forecast",
+           primary=True, flops=spec.forward_flops(spec.n_steps + wl.W4_FORECAST_STEPS - 1),
+           backend=w4_forecaster.backend_)
+    forecast = run_budgeted(benchmark, lambda: w4_forecaster.forecast([x], wl.W4_FORECAST_STEPS),
+                            **W4_SEQUENCE_ROUNDS)
+    assert forecast.shape == (1, wl.W4_FORECAST_STEPS, spec.n_outputs)
+
+
+def test_w4_forecast_torch(benchmark, torch_ready, device):
+    """The same closed loop in PyTorch: ``nn.LSTM`` read, ``nn.LSTMCell`` steps."""
+    benchmark.group = "W4-forecast"
+    spec = wl.W4_FORECAST
+    loop = wl.TorchClosedLoopForecast(spec, wl.W4_FORECAST_STEPS, device=device)
+    record(benchmark, workload=benchmark.group, impl="torch", label="torch LSTM + LSTMCell loop",
+           flops=spec.forward_flops(spec.n_steps + wl.W4_FORECAST_STEPS - 1),
+           threads=TORCH_THREADS, device=device)
+    with torch_threads(TORCH_THREADS):
+        run_budgeted(benchmark, loop, **W4_SEQUENCE_ROUNDS)
+
+
 # ======================================================================================
 # Japanese Vowels: the MATLAB recipe end to end
 # ======================================================================================

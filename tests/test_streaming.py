@@ -117,6 +117,33 @@ def test_a_list_of_equal_shaped_arrays_takes_the_fast_path(monkeypatch):
     assert [len(piece) for piece in ragged] == [2, 1]
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("network", list(NETWORKS))
+@pytest.mark.parametrize("per_step", [True, False], ids=["sequence-model", "window-model"])
+def test_forecast_steps_take_the_fast_path(per_step, network, dtype, monkeypatch):
+    rng = np.random.default_rng(3)
+    X = [rng.standard_normal((8, 3)) for _ in range(24)]
+    # As many outputs as features: each prediction is the next input.
+    y = [np.cumsum(x, axis=0) * 0.1 for x in X] if per_step else \
+        np.array([x.mean(axis=0) for x in X])
+    model = LSTMRegressor(dtype=dtype, **COMMON, **NETWORKS[network]).fit(X, y)
+    observed = [x[:6] for x in X[:3]]  # windows of one shape: the fast path takes them
+    with monkeypatch.context() as patch:
+        patch.setattr(model, "_streaming_network", lambda: None)
+        expected = model.forecast(observed, 7)
+    calls = []
+    general = fastlstm._estimators.network_outputs
+    monkeypatch.setattr(fastlstm._estimators, "network_outputs",
+                        lambda *a, **k: calls.append(1) or general(*a, **k))
+    forecast = model.forecast(observed, 7)
+    # A sequence model reads what was observed through the general path
+    # (ragged in general), then steps on the fast one; a window model never
+    # leaves it.
+    assert len(calls) == (1 if per_step else 0)
+    assert forecast.shape == expected.shape == (3, 7, 3)
+    np.testing.assert_allclose(forecast, expected, **TOLERANCE[dtype])
+
+
 def test_fast_path_never_writes_the_callers_arrays():
     X, y = data(True, False)
     model = LSTMRegressor(**COMMON).fit(X, y)

@@ -87,6 +87,26 @@ def test_matmul_strided_and_transposed_operands(own_gemm_on, accumulate, m):
     np.testing.assert_array_equal(C_wide[:, 47:], before[:, 47:])
 
 
+# A step of a large layer adds h R^T to gates rows that left the caches long
+# ago, and the kernel prefetches them (C of at least 32768 floats): quad
+# panels (n >= 256) and wide ones, with column tails, a strided C, one block
+# of k, so that the sum added to C is the non-accumulating product's.
+@needs_avx512
+@pytest.mark.parametrize("m, n", [(64, 1024), (128, 300), (200, 200), (27, 1300)])
+def test_accumulating_into_a_large_c_adds_the_product_bit_for_bit(own_gemm_on, m, n):
+    rng = np.random.default_rng(m * n)
+    k = 256
+    A = rng.standard_normal((m, k)).astype(np.float32)
+    B = rng.standard_normal((k, n)).astype(np.float32)
+    C_wide = rng.standard_normal((m, n + 40)).astype(np.float32)
+    before = C_wide.copy()
+    C = C_wide[:, 17:n + 17]
+    _gemm.matmul(A, B, C, accumulate=True)
+    np.testing.assert_array_equal(C, before[:, 17:n + 17] + _gemm.matmul(A, B))
+    np.testing.assert_array_equal(C_wide[:, :17], before[:, :17])
+    np.testing.assert_array_equal(C_wide[:, n + 17:], before[:, n + 17:])
+
+
 # Weight gradients (A transposed, many rows, a narrow C whose width is not a
 # multiple of 32) are computed as C^T = B^T A^T and transposed back; the
 # sums are the same, so the bits must be those of the product with A

@@ -70,8 +70,9 @@ def load_json(path):
 def machine_line(data):
     """One line naming the CPU, Python and the libraries of a run, or None.
 
-    The speedups depend on them as much as on the code: the issue's targets
-    were set on an Intel Xeon, where PyTorch's W1 step took 7.4 ms.
+    The speedups depend on them as much as on the code: the targets above
+    were set from runs on an Intel Xeon, where PyTorch's W1 step took 7.4 ms
+    (2.1-4.5 ms on the AMD EPYC of the README's runs).
     """
     machine = data.get("machine_info") or {}
     cpu = machine.get("cpu") or {}

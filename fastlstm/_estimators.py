@@ -1301,18 +1301,14 @@ list of ndarray of shape (T_i,) or (T_i, n_outputs)
         else:
             windows = sequences
             stacked = None if streaming is None else streaming.batch(windows)
-            for _ in range(n_steps):
-                fast = None if stacked is None else streaming.run(
-                    stacked, *streaming.new_state(stacked.shape[0]))
-                if fast is not None:
-                    last = fast[:, 0].copy()
-                    stacked = np.concatenate([stacked[:, 1:], last[:, np.newaxis]], axis=1)
-                    windows = None  # rebuilt from stacked if a step needs the general path
-                    steps.append(last)
-                    continue
-                if windows is None:
-                    windows = list(stacked)
-                stacked = None
+            while stacked is not None and len(steps) < n_steps:
+                fast = streaming.run(stacked, *streaming.new_state(stacked.shape[0]))
+                if fast is None:
+                    windows = list(stacked)  # the rest goes the general way
+                    break
+                steps.append(fast[:, 0].copy())  # run() reuses its output buffer
+                stacked = np.concatenate([stacked[:, 1:], steps[-1][:, np.newaxis]], axis=1)
+            while len(steps) < n_steps:
                 last, _ = self._outputs(windows)
                 steps.append(last)
                 windows = [np.vstack([window[1:], value[np.newaxis]])

@@ -144,6 +144,30 @@ def test_forecast_steps_take_the_fast_path(per_step, network, dtype, monkeypatch
     np.testing.assert_allclose(forecast, expected, **TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("per_step", [True, False], ids=["sequence-model", "window-model"])
+def test_forecast_goes_on_the_general_way_when_the_fast_path_declines(per_step, monkeypatch):
+    rng = np.random.default_rng(4)
+    X = [rng.standard_normal((8, 3)) for _ in range(24)]
+    y = [np.cumsum(x, axis=0) * 0.1 for x in X] if per_step else \
+        np.array([x.mean(axis=0) for x in X])
+    model = LSTMRegressor(dtype="float64", **COMMON).fit(X, y)
+    observed = [x[:6] for x in X[:3]]
+    with monkeypatch.context() as patch:
+        patch.setattr(model, "_streaming_network", lambda: None)
+        expected = model.forecast(observed, 6)
+    network = model._streaming_network()
+    run, calls = network.run, []
+
+    def run_twice(*args):  # then answers None, as it does for non-finite input
+        calls.append(1)
+        return run(*args) if len(calls) <= 2 else None
+
+    monkeypatch.setattr(network, "run", run_twice)
+    forecast = model.forecast(observed, 6)
+    np.testing.assert_allclose(forecast, expected, **TOLERANCE["float64"])
+    assert len(calls) > 2  # it declined at least once and the forecast went on
+
+
 def test_fast_path_never_writes_the_callers_arrays():
     X, y = data(True, False)
     model = LSTMRegressor(**COMMON).fit(X, y)

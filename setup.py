@@ -8,6 +8,7 @@ Environment variables:
   checks on.
 """
 
+import glob
 import os
 import tempfile
 import textwrap
@@ -110,13 +111,19 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
+# C headers the extensions include (own_gemm.h includes own_gemm_avx2.h,
+# which Cython cannot see): an edit to one rebuilds them.
+HEADERS = sorted(glob.glob(os.path.join("fastlstm", "**", "*.h"), recursive=True))
+
+
 def _extension(name, row):
     if not row.get("numpy"):
-        return Extension(name, row["sources"])
+        return Extension(name, row["sources"], depends=HEADERS)
     import numpy
 
     return Extension(name, row["sources"], include_dirs=[numpy.get_include()],
-                     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
+                     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+                     depends=HEADERS)
 
 
 setup(

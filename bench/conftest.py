@@ -73,7 +73,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     info = {
         "versions": {name: _version(name) for name in
                      ("fastlstm", "numpy", "numba", "scipy", "sklearn", "torch", "onnxruntime")},
-        "own_gemm": bool(_gemm.enabled()),
+        "own_gemm": _gemm.isa(),  # "avx512", "avx2", or None (BLAS)
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
         "blas": sorted({f"{pool.get('internal_api')} {pool.get('version')} "
                         f"({pool.get('architecture')})"

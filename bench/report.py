@@ -94,7 +94,10 @@ def machine_line(data):
     if installed:
         parts.append(", ".join(installed))
     if "own_gemm" in ours:
-        parts.append("own GEMM " + ("on" if ours["own_gemm"] else "off (BLAS)"))
+        # Older JSONs hold True/False, newer ones the instruction set or None.
+        own = ours["own_gemm"]
+        parts.append("own GEMM " + ({True: "on", False: "off (BLAS)", None: "off (BLAS)"}.get(
+            own, f"on ({own})")))
     if ours.get("blas"):
         parts.append("BLAS: " + "; ".join(ours["blas"]))
     if ours.get("openblas_coretype"):

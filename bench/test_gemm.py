@@ -54,8 +54,9 @@ def test_gemm(benchmark, device, name, impl):
     extra = dict(flops=2 * m * k * n, primary=True, threads=1, shape=[m, k, n])
     if impl == "fastlstm":
         if not _gemm.enabled():
-            pytest.skip("fastlstm's own GEMM is off or needs AVX-512 (BLAS is used instead)")
-        record(benchmark, workload=benchmark.group, impl="fastlstm", label="own GEMM", **extra)
+            pytest.skip("fastlstm's own GEMM is off or needs AVX2 or AVX-512 (BLAS is used instead)")
+        record(benchmark, workload=benchmark.group, impl="fastlstm",
+               label=f"own GEMM ({_gemm.isa()})", **extra)
         run_budgeted(benchmark, lambda: _gemm.matmul(A, B, C), max_rounds=ROUNDS[0],
                      warmup_rounds=ROUNDS[1])
         np.testing.assert_allclose(C, A.astype(np.float64) @ B, rtol=0, atol=1e-3 * np.sqrt(k))

@@ -3,8 +3,10 @@
 The kernel is checked on its own against float64 NumPy (every tail of its
 tiling: rows, columns, blocks of the summed dimension, strided and
 transposed operands), then inside both CPU backends against the NumPy
-reference, with the kernel on and with it off (BLAS), so that both paths a
-user can get stay tested on a machine that has AVX-512.
+reference, with the kernel on and with it off (BLAS), so that the paths a
+user can get stay tested. The kernel's tests run once per instruction set
+the CPU supports: an AVX-512 machine checks both its AVX-512 and its AVX2
+tiles, an AVX2 machine the AVX2 ones.
 """
 
 import os
@@ -19,22 +21,37 @@ from fastlstm._kernels import _gemm
 
 from _lstm_cases import random_layer, random_packed_batch, run_direction
 
-needs_avx512 = pytest.mark.skipif(not _gemm.cpu_supported(),
-                                  reason="fastlstm's own GEMM needs a CPU with AVX-512")
+# The instruction sets of this CPU (none: the kernel's tests are skipped).
+ISAS = _gemm.supported_isas()
+
+
+def skip_unless_supported(isa):
+    if isa not in _gemm.supported_isas():
+        pytest.skip(f"this CPU has no {isa} (it supports {_gemm.supported_isas()})")
 
 
 @pytest.fixture
 def own_gemm_off():
-    previous = _gemm.set_enabled(False)
+    previous = _gemm.isa()
+    _gemm.set_enabled(False)
     yield
-    _gemm.set_enabled(previous)
+    _gemm.set_isa(previous)
 
 
 @pytest.fixture
 def own_gemm_on():
-    previous = _gemm.set_enabled(True)
+    previous = _gemm.isa()
+    _gemm.set_enabled(True)
     yield
-    _gemm.set_enabled(previous)
+    _gemm.set_isa(previous)
+
+
+@pytest.fixture(params=ISAS)
+def own_gemm_isa(request):
+    """The kernel on, with each instruction set the CPU supports in turn."""
+    previous = _gemm.set_isa(request.param)
+    yield request.param
+    _gemm.set_isa(previous)
 
 
 def reference_product(A, B):
@@ -47,15 +64,15 @@ def relative_error(actual, expected):
 
 
 # m: the skinny tiles (1-3 rows), one wide tile, a balanced split (27 -> 14
-# + 13), and past the 256 rows where the loop order changes; n: under, at
-# and over the 16- and 32-column masks and the skinny tiles' 128-column
-# panels; k: empty, one, and around the 256-step blocks (a remainder under
-# 64 joins the last block).
-@needs_avx512
+# + 13 with AVX-512, 5 blocks of 5-6 with AVX2), and past the 224 rows of a
+# chunk (AVX2 packs B's panels for chunks of 6 blocks or more); n: under,
+# at and over the 8-, 16- and 32-column masks and the skinny tiles' 64- and
+# 128-column panels; k: empty, one, and around the 256-step blocks (a
+# remainder under 64 joins the last block).
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 14, 27, 300])
-@pytest.mark.parametrize("n", [1, 15, 16, 17, 32, 33, 100, 128, 129, 300])
+@pytest.mark.parametrize("n", [1, 8, 9, 15, 16, 17, 32, 33, 100, 128, 129, 300])
 @pytest.mark.parametrize("k", [0, 1, 255, 256, 320, 321, 700])
-def test_matmul_matches_numpy(own_gemm_on, m, n, k):
+def test_matmul_matches_numpy(own_gemm_isa, m, n, k):
     rng = np.random.default_rng(m * 1000 + n * 10 + k)
     A = rng.standard_normal((m, k)).astype(np.float32)
     B = rng.standard_normal((k, n)).astype(np.float32)
@@ -67,10 +84,9 @@ def test_matmul_matches_numpy(own_gemm_on, m, n, k):
         assert relative_error(C, reference_product(A, B)) < 1e-6 * np.sqrt(k)
 
 
-@needs_avx512
 @pytest.mark.parametrize("m", [2, 23])  # skinny and wide tiles
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_matmul_strided_and_transposed_operands(own_gemm_on, accumulate, m):
+def test_matmul_strided_and_transposed_operands(own_gemm_isa, accumulate, m):
     rng = np.random.default_rng(1)
     # A as the transpose of a row-major (k, m) array, as in dW = dG^T X;
     # B and C as column slices of wider arrays (row stride > n).
@@ -91,9 +107,8 @@ def test_matmul_strided_and_transposed_operands(own_gemm_on, accumulate, m):
 # ago, and the kernel prefetches them (C of at least 32768 floats): quad
 # panels (n >= 256) and wide ones, with column tails, a strided C, one block
 # of k, so that the sum added to C is the non-accumulating product's.
-@needs_avx512
 @pytest.mark.parametrize("m, n", [(64, 1024), (128, 300), (200, 200), (27, 1300)])
-def test_accumulating_into_a_large_c_adds_the_product_bit_for_bit(own_gemm_on, m, n):
+def test_accumulating_into_a_large_c_adds_the_product_bit_for_bit(own_gemm_isa, m, n):
     rng = np.random.default_rng(m * n)
     k = 256
     A = rng.standard_normal((m, k)).astype(np.float32)
@@ -111,10 +126,9 @@ def test_accumulating_into_a_large_c_adds_the_product_bit_for_bit(own_gemm_on, m
 # multiple of 32) are computed as C^T = B^T A^T and transposed back; the
 # sums are the same, so the bits must be those of the product with A
 # row-major, which runs directly. Strided B and C, and k over two blocks.
-@needs_avx512
 @pytest.mark.parametrize("m, n", [(128, 12), (400, 100), (256, 28), (300, 1), (400, 127),
                                   (256, 64), (127, 12)])
-def test_transposed_a_products_match_the_direct_ones_bit_for_bit(own_gemm_on, m, n):
+def test_transposed_a_products_match_the_direct_ones_bit_for_bit(own_gemm_isa, m, n):
     rng = np.random.default_rng(m + n)
     k = 540
     A_rows = rng.standard_normal((k, m)).astype(np.float32)  # dG: A = dG^T
@@ -127,8 +141,7 @@ def test_transposed_a_products_match_the_direct_ones_bit_for_bit(own_gemm_on, m,
     assert (C_wide[:, :4] == -5.0).all() and (C_wide[:, n + 4:] == -5.0).all()
 
 
-@needs_avx512
-def test_a_row_does_not_depend_on_the_other_rows(own_gemm_on):
+def test_a_row_does_not_depend_on_the_other_rows(own_gemm_isa):
     # The kernel's determinism promise: each C[i, j] is summed in one fixed
     # order, so a row comes out bit for bit the same whether it is computed
     # alone or inside any batch (BLAS gives no such promise).
@@ -159,24 +172,72 @@ def test_environment_variable_turns_it_off():
     assert out.strip() == "False"
 
 
+def test_environment_variable_chooses_avx2():
+    skip_unless_supported("avx2")
+    code = "from fastlstm._kernels import _gemm; print(_gemm.isa())"
+    env = dict(os.environ, FASTLSTM_OWN_GEMM="avx2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "avx2"
+
+
 def test_enabled_follows_the_cpu(own_gemm_on):
     assert _gemm.enabled() == _gemm.cpu_supported()
+    assert _gemm.isa() == (_gemm.supported_isas() or [None])[-1]
 
 
-# The forward kernels' transposes of W and R: whole 16 x 16 blocks, row and
-# column tails of every size, one row or column, strided views in and out.
-@needs_avx512
-@pytest.mark.parametrize("m", [1, 5, 16, 17, 31, 400])
-@pytest.mark.parametrize("n", [1, 12, 16, 19, 100])
-def test_transpose_matches_numpy(m, n):
+def test_set_isa_refuses_what_the_cpu_lacks(own_gemm_on):
+    with pytest.raises(ValueError, match="cannot use 'sse'"):
+        _gemm.set_isa("sse")
+    if "avx512" not in _gemm.supported_isas():
+        with pytest.raises(ValueError, match="cannot use 'avx512'"):
+            _gemm.set_isa("avx512")
+    assert _gemm.isa() == (_gemm.supported_isas() or [None])[-1]  # unchanged
+
+
+# Both instruction sets sum every element in the same order (p ascending,
+# one fused multiply-add per step, blocks of 256), so their results are the
+# same bits: a model does not change when it moves between the two kinds of
+# CPU. Shapes of every tile family: skinny, narrow, one-register tails,
+# quad (>= 256 columns), packed panels (AVX2, many rows), transposed A.
+@pytest.mark.parametrize("m, n, k, transposed", [
+    (1, 512, 128, False), (3, 100, 300, False), (27, 400, 100, False), (64, 256, 64, False),
+    (300, 12, 540, False), (128, 1024, 300, False), (400, 100, 540, True),
+    (256, 28, 700, True)])
+def test_avx2_and_avx512_give_the_same_bits(m, n, k, transposed):
+    skip_unless_supported("avx512")
+    rng = np.random.default_rng(m + n + k)
+    A = rng.standard_normal((k, m) if transposed else (m, k)).astype(np.float32)
+    A = A.T if transposed else A
+    B = rng.standard_normal((k, n)).astype(np.float32)
+    C = rng.standard_normal((m, n)).astype(np.float32)
+    results = []
+    previous = _gemm.set_isa("avx2")
+    try:
+        for isa in ["avx2", "avx512"]:
+            _gemm.set_isa(isa)
+            results.append((_gemm.matmul(A, B), _gemm.matmul(A, B, C.copy(), accumulate=True)))
+    finally:
+        _gemm.set_isa(previous)
+    for first, second in zip(*results):
+        np.testing.assert_array_equal(first, second)
+
+
+# The forward kernels' transposes of W and R: whole 16 x 16 (8 x 8) blocks,
+# row and column tails of every size, one row or column, strided views in
+# and out.
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("m", [1, 5, 8, 16, 17, 31, 400])
+@pytest.mark.parametrize("n", [1, 9, 12, 16, 19, 100])
+def test_transpose_matches_numpy(isa, m, n):
     rng = np.random.default_rng(m * 100 + n)
     A = rng.standard_normal((m, n)).astype(np.float32)
-    np.testing.assert_array_equal(_gemm.transpose(A), A.T)
+    np.testing.assert_array_equal(_gemm.transpose(A, isa=isa), A.T)
     # Views inside larger arrays: rows further apart than their length, and
     # the output's neighbours must stay untouched.
     source = rng.standard_normal((m + 3, n + 5)).astype(np.float32)
     target = np.full((n + 4, m + 6), -7.0, np.float32)
-    _gemm.transpose(source[1:m + 1, 2:n + 2], target[2:n + 2, 3:m + 3])
+    _gemm.transpose(source[1:m + 1, 2:n + 2], target[2:n + 2, 3:m + 3], isa=isa)
     np.testing.assert_array_equal(target[2:n + 2, 3:m + 3], source[1:m + 1, 2:n + 2].T)
     target[2:n + 2, 3:m + 3] = -7.0
     assert (target == -7.0).all()
@@ -187,7 +248,7 @@ def test_transpose_does_not_depend_on_the_switch(own_gemm_off):
     if _gemm.cpu_supported():
         np.testing.assert_array_equal(_gemm.transpose(A), A.T)
     else:
-        with pytest.raises(RuntimeError, match="AVX-512"):
+        with pytest.raises(RuntimeError, match="AVX2"):
             _gemm.transpose(A)
 
 
@@ -195,14 +256,14 @@ def test_transpose_does_not_depend_on_the_switch(own_gemm_off):
 # LSTM kernels (test_kernels.py uses hidden size 5): 31 sequences (more rows
 # than one tile), hidden 37 (4H = 148 columns: 4 panels and a 20-column
 # tail), 19 input features.
-@pytest.mark.parametrize("gemm", ["own", "blas"])
+@pytest.mark.parametrize("gemm", ["avx512", "avx2", "blas"])
 @pytest.mark.parametrize("backend_name", ["numba", "cython"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("proj_size", [0, 7])
 def test_float32_kernels_match_reference_with_and_without_own_gemm(gemm, backend_name,
                                                                    reverse, proj_size):
-    if gemm == "own" and not _gemm.cpu_supported():
-        pytest.skip("fastlstm's own GEMM needs a CPU with AVX-512")
+    if gemm != "blas":
+        skip_unless_supported(gemm)
     rng = np.random.default_rng(3)
     lengths = list(rng.integers(1, 30, size=31))
     hidden, n_features = 37, 19
@@ -218,12 +279,12 @@ def test_float32_kernels_match_reference_with_and_without_own_gemm(gemm, backend
     batch = random_packed_batch(rng, lengths, n_features, np.float32)
     batch.X[:] = batch64.X
     layer = {name: value.astype(np.float32) for name, value in layer64.items()}
-    previous = _gemm.set_enabled(gemm == "own")
+    previous = _gemm.set_isa(None if gemm == "blas" else gemm)
     try:
         actual = run_direction(get_backend(backend_name), batch, layer, reverse, 0, 0,
                                dH, dh_n, dc_n)
     finally:
-        _gemm.set_enabled(previous)
+        _gemm.set_isa(previous)
     for name, value in expected.items():
         if value.size == 0:
             assert actual[name].size == 0

@@ -113,7 +113,7 @@ _FLOAT32_REGRESSOR = {
            "mini-batch, so predictions move by ~1 ulp (1e-7 relative) with the batch's "
            "composition, beyond the check's rtol=1e-7; passes in float64, see "
            "test_invariance_checks_pass_in_float64, and with fastlstm's own GEMM "
-           "(AVX-512), which sums every row in one fixed order")
+           "(AVX2, AVX-512), which sums every row in one fixed order")
     for name in ("check_methods_sample_order_invariance", "check_methods_subset_invariance")
 }
 

@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""fastlstm's own single-precision GEMM for AVX-512 CPUs (``own_gemm.h``).
+"""fastlstm's own single-precision GEMM for AVX-512 and AVX2 CPUs (``own_gemm.h``).
 
 One copy of the kernel and of its on/off switch serves every caller: the
 Cython kernels call :c:func:`sgemm` (a ``cimport`` of this module), the numba
@@ -9,11 +9,14 @@ The same header's transpose, which turns the weights into the GEMM's
 row-contiguous operands, is reached the same three ways
 (:c:func:`stranspose`, :func:`numba_transpose_address`, :func:`transpose`).
 
-The kernel is used where the CPU has AVX-512, for float32 only; elsewhere,
-and for float64 (where the kernels must agree with the NumPy reference to
-1e-9, and BLAS's double-precision kernels are what a user expects), every
-caller uses BLAS. ``FASTLSTM_OWN_GEMM=0`` in the environment, read at import,
-turns it off (to compare against BLAS, or to rule it out when debugging).
+The kernel is used where the CPU has AVX-512 or AVX2 with FMA (the best of
+the two), for float32 only; elsewhere, and for float64 (where the kernels must
+agree with the NumPy reference to 1e-9, and BLAS's double-precision kernels
+are what a user expects), every caller uses BLAS. Both instruction sets sum
+every element in the same order, so they give the same bits.
+``FASTLSTM_OWN_GEMM`` in the environment, read at import: ``0`` turns the
+kernel off (to compare against BLAS, or to rule it out when debugging),
+``avx2`` runs the AVX2 tiles on an AVX-512 CPU.
 """
 
 import os
@@ -24,9 +27,11 @@ from libc.stdint cimport int64_t, uintptr_t
 
 
 cdef extern from "own_gemm.h" nogil:
+    int FASTLSTM_ISA_NONE, FASTLSTM_ISA_AVX2, FASTLSTM_ISA_AVX512
     int fastlstm_gemm_cpu_supported()
     int fastlstm_gemm_enabled()
     void fastlstm_gemm_set_enabled(int enabled)
+    int fastlstm_gemm_set_isa(int isa)
     int fastlstm_sgemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a,
                        Py_ssize_t a_row_stride, Py_ssize_t a_col_stride, const float *b,
                        Py_ssize_t ldb, int accumulate, float *c, Py_ssize_t ldc)
@@ -35,6 +40,8 @@ cdef extern from "own_gemm.h" nogil:
                                  int64_t ldb, int64_t accumulate, uintptr_t c, int64_t ldc)
     int fastlstm_transpose(Py_ssize_t m, Py_ssize_t n, const float *a, Py_ssize_t lda,
                            float *out, Py_ssize_t ldo)
+    int fastlstm_transpose_isa(int isa, Py_ssize_t m, Py_ssize_t n, const float *a,
+                               Py_ssize_t lda, float *out, Py_ssize_t ldo)
     int fastlstm_transpose_addresses(int64_t m, int64_t n, uintptr_t a, int64_t lda,
                                      uintptr_t out, int64_t ldo)
 
@@ -48,7 +55,7 @@ cdef int sgemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a,
 
 cdef int stranspose(Py_ssize_t m, Py_ssize_t n, const float *a, Py_ssize_t lda, float *out,
                    Py_ssize_t ldo) noexcept nogil:
-    """``out = a^T`` in register blocks (see own_gemm.h); 0 if done, 1 without AVX-512."""
+    """``out = a^T`` in register blocks (see own_gemm.h); 0 if done, 1 without AVX2."""
     return fastlstm_transpose(m, n, a, lda, out, ldo)
 
 
@@ -57,18 +64,37 @@ cdef bint sgemm_enabled() noexcept nogil:
     return fastlstm_gemm_enabled() != 0
 
 
+_ISA_NAMES = {FASTLSTM_ISA_AVX2: "avx2", FASTLSTM_ISA_AVX512: "avx512"}
+_ISA_CODES = {name: code for code, name in _ISA_NAMES.items()}
+
+
 def cpu_supported():
-    """Whether this CPU (and its OS) can run the kernel: AVX-512F."""
-    return bool(fastlstm_gemm_cpu_supported())
+    """Whether this CPU (and its OS) can run the kernel: AVX-512F, or AVX2 and FMA."""
+    return fastlstm_gemm_cpu_supported() != FASTLSTM_ISA_NONE
+
+
+def supported_isas():
+    """The instruction sets the kernel can use on this CPU: ``"avx2"``, ``"avx512"``.
+
+    An AVX-512 CPU runs the AVX2 tiles too (the tests check both there).
+    """
+    best = fastlstm_gemm_cpu_supported()
+    return [name for code, name in sorted(_ISA_NAMES.items()) if code <= best]
+
+
+def isa():
+    """The instruction set float32 GEMMs use now, or None where BLAS does."""
+    return _ISA_NAMES.get(fastlstm_gemm_enabled())
 
 
 def enabled():
     """Whether float32 GEMMs of the CPU kernels use the kernel now."""
-    return bool(fastlstm_gemm_enabled())
+    return fastlstm_gemm_enabled() != FASTLSTM_ISA_NONE
 
 
 def set_enabled(flag):
-    """Use the kernel (``True``, where the CPU supports it) or BLAS (``False``).
+    """Use the kernel (``True``: the best instruction set the CPU supports) or
+    BLAS (``False``).
 
     Returns the previous setting, so that a caller can restore it. Meant for
     tests and benchmarks: switching while a fit runs mixes the two in one
@@ -76,6 +102,20 @@ def set_enabled(flag):
     """
     previous = enabled()
     fastlstm_gemm_set_enabled(1 if flag else 0)
+    return previous
+
+
+def set_isa(name):
+    """Use the kernel with one instruction set (``"avx2"``, ``"avx512"``) or
+    BLAS (None); returns the previous one, for :func:`set_isa` to restore.
+
+    Raises ValueError for an instruction set this CPU does not support.
+    """
+    previous = isa()
+    code = FASTLSTM_ISA_NONE if name is None else _ISA_CODES.get(name, -1)
+    if code < 0 or fastlstm_gemm_set_isa(code) != 0:
+        raise ValueError(f"fastlstm's own GEMM cannot use {name!r} on this CPU; "
+                         f"it supports {supported_isas()}")
     return previous
 
 
@@ -89,12 +129,14 @@ def numba_transpose_address():
     return <size_t> &fastlstm_transpose_addresses
 
 
-def transpose(A, out=None):
-    """``out = A.T`` for a float32 matrix with contiguous rows, in 16 x 16 blocks.
+def transpose(A, out=None, *, isa=None):
+    """``out = A.T`` for a float32 matrix with contiguous rows, in register blocks.
 
     ``out`` (shape ``A.T``'s) needs contiguous rows too. Unlike
     :func:`matmul` this does not depend on the on/off switch, only on the
-    CPU: it raises RuntimeError without AVX-512.
+    CPU: its best instruction set (16 x 16 blocks with AVX-512, else 8 x 8
+    with AVX2), or ``isa`` (``"avx2"``, ``"avx512"``) to test one. Raises
+    RuntimeError where the CPU has neither (or not ``isa``).
     """
     cdef const float[:, :] a = A
     if out is None:
@@ -105,15 +147,17 @@ def transpose(A, out=None):
     if (a.shape[1] > 1 and a.strides[1] != sizeof(float)) or (
             o.shape[1] > 1 and o.strides[1] != sizeof(float)):
         raise ValueError("A and out need contiguous rows (column stride of one element)")
+    cdef int code = fastlstm_gemm_cpu_supported() if isa is None else _ISA_CODES.get(isa, -1)
+    if code <= FASTLSTM_ISA_NONE or code > fastlstm_gemm_cpu_supported():
+        raise RuntimeError(f"this CPU has no {isa or 'AVX2'} for fastlstm's transpose")
     if a.shape[0] == 0 or a.shape[1] == 0:
         return out
     cdef int status
     with nogil:
-        status = fastlstm_transpose(a.shape[0], a.shape[1], &a[0, 0],
-                                    a.strides[0] // sizeof(float), &o[0, 0],
-                                    o.strides[0] // sizeof(float))
-    if status != 0:
-        raise RuntimeError("this CPU has no AVX-512 for fastlstm's transpose")
+        status = fastlstm_transpose_isa(code, a.shape[0], a.shape[1], &a[0, 0],
+                                        a.strides[0] // sizeof(float), &o[0, 0],
+                                        o.strides[0] // sizeof(float))
+    assert status == 0
     return out
 
 
@@ -152,5 +196,8 @@ def matmul(A, B, C=None, *, accumulate=False):
     return C
 
 
-if os.environ.get("FASTLSTM_OWN_GEMM", "1").strip() == "0":
+_setting = os.environ.get("FASTLSTM_OWN_GEMM", "1").strip().lower()
+if _setting == "0":
     set_enabled(False)
+elif _setting == "avx2" and "avx2" in supported_isas():
+    set_isa("avx2")

@@ -52,7 +52,7 @@ Conventions (as in ``_packing.pyx``):
   so ``C = op(A) op(B)`` on C-contiguous arrays is computed as
   ``C^T = op(B)^T op(A)^T``: swap the operands, keep the flags (``_gemm``).
   Transposed operands are expressed through the flags, never copied.
-  In float32, where the CPU has AVX-512, ``_gemm`` hands the product to
+  In float32, where the CPU has AVX-512 or AVX2, ``_gemm`` hands the product to
   fastlstm's own GEMM instead (``own_gemm.h``, through ``_gemm.pyx``), which
   needs ``b`` row-contiguous: the forward pass then transposes ``W`` and
   ``R`` once into the ``work`` buffer.
@@ -256,7 +256,7 @@ cdef void _transpose(
     const floating *src,    # IN  [rows, cols]
     floating *dst,          # OUT [cols, rows]
 ) noexcept nogil:
-    # float32 in 16 x 16 register blocks where the CPU has AVX-512 (own_gemm.h);
+    # float32 in register blocks where the CPU has AVX-512 or AVX2 (own_gemm.h);
     # else column by column of dst's rows: reads stride through src, writes
     # are sequential (13 us for a W1 direction's W and R, against 4).
     cdef Py_ssize_t i, j

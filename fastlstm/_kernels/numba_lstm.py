@@ -21,8 +21,8 @@ GEMM over all steps, each step does one GEMM on its active rows only and one
 fused loop for the gate arithmetic, and the backward pass does only the
 pointwise part and ``dh = dG R`` per step, leaving dW, dR and dX to three
 whole-batch GEMMs after the loop. In float32 the GEMMs run on fastlstm's own
-AVX-512 kernel where the CPU has one (``own_gemm.h``, via ``_matmul``), else
-on BLAS through ``np.dot``.
+AVX-512 or AVX2 kernel where the CPU has one (``own_gemm.h``, via
+``_matmul``), else on BLAS through ``np.dot``.
 
 Every array, outputs and workspaces included, is allocated by the caller.
 The end of the file has the kernels' native entries: C functions that run
@@ -72,7 +72,7 @@ def _own_gemm(A, B, C, accumulate):
 
     ``A`` may be a transposed view; ``B`` and ``C`` need contiguous rows. It
     cannot run on float64, on other layouts, when it is off, or without
-    AVX-512; ``C`` is then untouched and the caller uses BLAS.
+    AVX2; ``C`` is then untouched and the caller uses BLAS.
     """
     size = A.itemsize
     if size != 4 or B.strides[1] != size or C.strides[1] != size:
@@ -95,8 +95,8 @@ _own_transpose = types.ExternalFunction(
 def _transpose(A, out):
     """``out[:] = A.T``.
 
-    In 16 x 16 register blocks (``own_gemm.h``) for float32 with contiguous
-    rows where the CPU has AVX-512, else numba's copy of the transposed view: a
+    In 16 x 16 or 8 x 8 register blocks (``own_gemm.h``) for float32 with
+    contiguous rows where the CPU has AVX-512 or AVX2, else numba's copy of the transposed view: a
     W1 direction's W and R in about 4 us instead of 13 for the copy, which
     reads a column at a time.
     """

@@ -10,7 +10,7 @@ layer, for each sequence and step, with the running states updated in place.
 Weights come pre-transposed in one flat buffer (see
 :func:`fastlstm._streaming.pack_stream_weights`): each layer's input and
 recurrent weights as (n_in, 4H) and (P, 4H): row-contiguous, as fastlstm's
-own float32 GEMM reads them; otherwise (float64, no AVX-512) a gate vector
+own float32 GEMM reads them; otherwise (float64, no AVX2) a gate vector
 is a sum of rows scaled by the input (``axpy``), which vectorises along the
 4H gates with no reduction. ``layout`` holds the offsets.
 

@@ -1,4 +1,5 @@
-/* fastlstm's own single-precision GEMM, for CPUs with AVX-512.
+/* fastlstm's own single-precision GEMM, for CPUs with AVX-512 (here) or AVX2
+ * and FMA (own_gemm_avx2.h, the same scheme with 8-float registers).
  *
  * Why not only BLAS: an LSTM step multiplies small matrices (27 x 100 by
  * 100 x 400 for a Japanese-Vowels-sized batch), thousands of times per fit.
@@ -41,8 +42,8 @@
  * depend on which other rows share the call.
  *
  * Entry points return 0 when they computed C, and 1 when they did not
- * (no AVX-512, turned off, or a compiler without the needed intrinsics);
- * the caller then uses BLAS.
+ * (neither AVX-512 nor AVX2, turned off, or a compiler without the needed
+ * intrinsics); the caller then uses BLAS.
  */
 #ifndef FASTLSTM_OWN_GEMM_H
 #define FASTLSTM_OWN_GEMM_H
@@ -52,26 +53,36 @@
 #include <stdlib.h>
 
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-#define FASTLSTM_HAVE_AVX512_CODE 1
+#define FASTLSTM_HAVE_SIMD_CODE 1
 #include <immintrin.h>
 #else
-#define FASTLSTM_HAVE_AVX512_CODE 0
+#define FASTLSTM_HAVE_SIMD_CODE 0
 #endif
 
-/* -1: not decided yet; 0: use BLAS; 1: use the kernel below. */
+/* Which tiles run the products: none (the caller uses BLAS), the AVX2 +
+ * FMA ones (own_gemm_avx2.h) or the AVX-512 ones (below). */
+#define FASTLSTM_ISA_NONE 0
+#define FASTLSTM_ISA_AVX2 1
+#define FASTLSTM_ISA_AVX512 2
+
+/* -1: not decided yet; else one of FASTLSTM_ISA_*. */
 static int fastlstm_gemm_state = -1;
 
+/* The best instruction set this CPU (and its OS) can run the kernel with. */
 static int fastlstm_gemm_cpu_supported(void)
 {
-#if FASTLSTM_HAVE_AVX512_CODE
-    /* Also checks that the OS saves the 512-bit registers (XCR0). */
+#if FASTLSTM_HAVE_SIMD_CODE
+    /* Also checks that the OS saves the 256- and 512-bit registers (XCR0). */
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") != 0;
-#else
-    return 0;
+    if (__builtin_cpu_supports("avx512f"))
+        return FASTLSTM_ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return FASTLSTM_ISA_AVX2;
 #endif
+    return FASTLSTM_ISA_NONE;
 }
 
+/* The instruction set products use now (FASTLSTM_ISA_NONE: BLAS). */
 static int fastlstm_gemm_enabled(void)
 {
     if (fastlstm_gemm_state < 0)
@@ -79,13 +90,24 @@ static int fastlstm_gemm_enabled(void)
     return fastlstm_gemm_state;
 }
 
-/* Turn the kernel off (0) or back on (1, only where the CPU supports it). */
+/* Turn the kernel off (0) or back on (1: the best the CPU supports). */
 static void fastlstm_gemm_set_enabled(int enabled)
 {
-    fastlstm_gemm_state = enabled ? fastlstm_gemm_cpu_supported() : 0;
+    fastlstm_gemm_state = enabled ? fastlstm_gemm_cpu_supported() : FASTLSTM_ISA_NONE;
 }
 
-#if FASTLSTM_HAVE_AVX512_CODE
+/* Use the tiles of one instruction set (FASTLSTM_ISA_*): AVX2 on an AVX-512
+ * CPU, say, to test or compare them. Returns 1, changing nothing, where
+ * the CPU does not support it. */
+static int fastlstm_gemm_set_isa(int isa)
+{
+    if (isa < FASTLSTM_ISA_NONE || isa > fastlstm_gemm_cpu_supported())
+        return 1;
+    fastlstm_gemm_state = isa;
+    return 0;
+}
+
+#if FASTLSTM_HAVE_SIMD_CODE
 
 #define FASTLSTM_NR 32
 #define FASTLSTM_MR_MAX 14
@@ -407,6 +429,8 @@ static void fastlstm_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
     }
 }
 
+#include "own_gemm_avx2.h"
+
 /* out[j, i] = a[i, j] for a 16 x 16 (or smaller: rows x columns) block, in
  * registers: four rounds of shuffles (32-bit, 64-bit, then two of 128-bit
  * lanes) leave column c of the block in register c. */
@@ -447,38 +471,58 @@ static void fastlstm_transpose_block(ptrdiff_t rows, ptrdiff_t columns, const fl
         _mm512_mask_storeu_ps(out + j * ldo, row_mask, r[j]);
 }
 
-#endif  /* FASTLSTM_HAVE_AVX512_CODE */
+#endif  /* FASTLSTM_HAVE_SIMD_CODE */
 
 /* out = a^T for an m x n row-major a (rows lda apart) into an n x m
  * row-major out (rows ldo apart): how the forward kernels turn W and R
  * into the row-contiguous B operands of their products. A plain loop (or
  * NumPy's copy of a transposed view) reads one column at a time, 13 us for
- * a W1 direction's W and R; 16 x 16 blocks in registers take a few. Returns
- * 0 when done, 1 without AVX-512 (the caller then copies). */
-static int fastlstm_transpose(ptrdiff_t m, ptrdiff_t n, const float *a, ptrdiff_t lda,
-                              float *out, ptrdiff_t ldo)
+ * a W1 direction's W and R; 16 x 16 (AVX-512) or 8 x 8 (AVX2) blocks in
+ * registers take a few. Returns 0 when done, 1 where the CPU does not
+ * support isa (the caller then copies). */
+static int fastlstm_transpose_isa(int isa, ptrdiff_t m, ptrdiff_t n, const float *a,
+                                  ptrdiff_t lda, float *out, ptrdiff_t ldo)
 {
-#if FASTLSTM_HAVE_AVX512_CODE
-    static int supported = -1;
+#if FASTLSTM_HAVE_SIMD_CODE
     ptrdiff_t i0, j0;
-    if (supported < 0)
-        supported = fastlstm_gemm_cpu_supported();
-    if (!supported)
+    if (isa > fastlstm_gemm_cpu_supported())
         return 1;
-    for (i0 = 0; i0 < m; i0 += 16)
-        for (j0 = 0; j0 < n; j0 += 16)
-            fastlstm_transpose_block(m - i0 < 16 ? m - i0 : 16, n - j0 < 16 ? n - j0 : 16,
-                                     a + i0 * lda + j0, lda, out + j0 * ldo + i0, ldo);
-    return 0;
+    if (isa == FASTLSTM_ISA_AVX512) {
+        for (i0 = 0; i0 < m; i0 += 16)
+            for (j0 = 0; j0 < n; j0 += 16)
+                fastlstm_transpose_block(m - i0 < 16 ? m - i0 : 16, n - j0 < 16 ? n - j0 : 16,
+                                         a + i0 * lda + j0, lda, out + j0 * ldo + i0, ldo);
+        return 0;
+    }
+    if (isa == FASTLSTM_ISA_AVX2) {
+        for (i0 = 0; i0 < m; i0 += 8)
+            for (j0 = 0; j0 < n; j0 += 8)
+                fastlstm_avx2_transpose_block(m - i0 < 8 ? m - i0 : 8, n - j0 < 8 ? n - j0 : 8,
+                                              a + i0 * lda + j0, lda, out + j0 * ldo + i0,
+                                              ldo);
+        return 0;
+    }
+    return 1;
 #else
-    (void)m; (void)n; (void)a; (void)lda; (void)out; (void)ldo;
+    (void)isa; (void)m; (void)n; (void)a; (void)lda; (void)out; (void)ldo;
     return 1;
 #endif
 }
 
+/* The same with the best instruction set of the CPU (not the GEMM's switch:
+ * the transposes are exact whichever runs them). */
+static int fastlstm_transpose(ptrdiff_t m, ptrdiff_t n, const float *a, ptrdiff_t lda,
+                              float *out, ptrdiff_t ldo)
+{
+    static int isa = -1;
+    if (isa < 0)
+        isa = fastlstm_gemm_cpu_supported();
+    return fastlstm_transpose_isa(isa, m, n, a, lda, out, ldo);
+}
+
 /* A product with A transposed (dR = dG^T Hprev, dW = dG^T X) and a narrow
- * C whose width is not a multiple of 32 (hidden 100, a dozen input
- * features) wastes lanes on its last panel of columns, for every one of its
+ * C whose width is not a multiple of the panel width (32 columns with
+ * AVX-512, 16 with AVX2: hidden 100, a dozen input features) wastes lanes on its last panel of columns, for every one of its
  * many rows: W1's 400 x 100 and 400 x 12 weight gradients run at 60-90 % of
  * the speed of the swapped product C^T = B^T A^T (100 x 400, 12 x 400: wide
  * rows, A^T's rows contiguous), transposed into C after. Each element is
@@ -486,9 +530,10 @@ static int fastlstm_transpose(ptrdiff_t m, ptrdiff_t n, const float *a, ptrdiff_
  * of KC), so C's bits do not change. Measured, with the transpose: 1.10x
  * (400 x 100, k 540), 1.48x (400 x 12), 1.07-1.10x (256 x 28), 1.15x
  * (400 x 50); 0.92x at 256 x 64 and 0.36x at 1024 x 32 (multiples of 32),
- * which keep the direct product. C^T goes to a buffer kept per thread,
+ * which keep the direct product. With AVX2 (Zen 3): 1.09-1.13x (400 x 100),
+ * 1.06-1.09x (256 x 28). C^T goes to a buffer kept per thread,
  * grown as needed, as BLAS keeps its packing buffers. */
-#if FASTLSTM_HAVE_AVX512_CODE
+#if FASTLSTM_HAVE_SIMD_CODE
 #define FASTLSTM_SWAP_MAX_COLUMNS 128
 #define FASTLSTM_SWAP_MIN_ROWS 128
 #define FASTLSTM_SWAP_MAX_FLOATS ((ptrdiff_t)1 << 22)
@@ -508,10 +553,11 @@ static float *fastlstm_swap_scratch(ptrdiff_t n_floats)
 }
 
 static int fastlstm_swap_pays(ptrdiff_t m, ptrdiff_t n, ptrdiff_t a_row_stride,
-                              ptrdiff_t a_col_stride, int accumulate)
+                              ptrdiff_t a_col_stride, int accumulate, ptrdiff_t panel_columns)
 {
     return a_row_stride == 1 && a_col_stride != 1 && !accumulate
-        && n < FASTLSTM_SWAP_MAX_COLUMNS && n % 32 != 0 && m >= FASTLSTM_SWAP_MIN_ROWS
+        && n < FASTLSTM_SWAP_MAX_COLUMNS && n % panel_columns != 0
+        && m >= FASTLSTM_SWAP_MIN_ROWS
         && m * n <= FASTLSTM_SWAP_MAX_FLOATS;
 }
 #endif
@@ -523,9 +569,10 @@ static int fastlstm_sgemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                           const float *b, ptrdiff_t ldb, int accumulate,
                           float *c, ptrdiff_t ldc)
 {
-#if FASTLSTM_HAVE_AVX512_CODE
+#if FASTLSTM_HAVE_SIMD_CODE
     ptrdiff_t p0, kc, i, j;
-    if (!fastlstm_gemm_enabled())
+    const int isa = fastlstm_gemm_enabled();
+    if (isa == FASTLSTM_ISA_NONE)
         return 1;
     if (m <= 0 || n <= 0)
         return 0;
@@ -536,7 +583,8 @@ static int fastlstm_sgemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                     c[i * ldc + j] = 0.0f;
         return 0;
     }
-    if (fastlstm_swap_pays(m, n, a_row_stride, a_col_stride, accumulate)) {
+    if (fastlstm_swap_pays(m, n, a_row_stride, a_col_stride, accumulate,
+                           isa == FASTLSTM_ISA_AVX512 ? 32 : 16)) {
         float *c_t = fastlstm_swap_scratch(m * n);
         if (c_t != NULL) {
             /* C^T = B^T A^T: B^T is B read transposed, A^T has rows a_col_stride apart. */
@@ -551,8 +599,9 @@ static int fastlstm_sgemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
          * rather than costing a pass over C of its own. */
         if (kc > FASTLSTM_KC + FASTLSTM_KC / 4)
             kc = FASTLSTM_KC;
-        fastlstm_gemm_block(m, n, kc, a + p0 * a_col_stride, a_row_stride, a_col_stride,
-                            b + p0 * ldb, ldb, c, ldc, accumulate || p0 > 0);
+        (isa == FASTLSTM_ISA_AVX512 ? fastlstm_gemm_block : fastlstm_avx2_gemm_block)(
+            m, n, kc, a + p0 * a_col_stride, a_row_stride, a_col_stride, b + p0 * ldb, ldb,
+            c, ldc, accumulate || p0 > 0);
     }
     return 0;
 #else

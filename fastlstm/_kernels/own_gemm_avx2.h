@@ -1,0 +1,293 @@
+/* The AVX2 + FMA tiles of fastlstm's own GEMM, for x86-64 CPUs without
+ * AVX-512 (AMD Zen 1-3, most Intel desktop and laptop parts). Included by
+ * own_gemm.h, which chooses between these and the AVX-512 tiles once per
+ * process; the blocking (KC steps of p, chunks of rows) is the caller's.
+ *
+ * Why: without AVX-512 every float32 product used to go to BLAS, and on the
+ * small products of an LSTM step BLAS pays its packing and dispatch on every
+ * call: OpenBLAS's Haswell kernels ran a W1 step's 27 x 100 by 100 x 400 at
+ * about 41 GFLOP/s on a 2.45 GHz AMD EPYC (Zen 3), whose core peaks near 78.
+ *
+ * A tile holds MR rows by NV registers of 8 floats of C in registers while
+ * the sum over p runs: per p it loads NV registers of one row of B and, per
+ * row, broadcasts one element of A for NV fused multiply-adds. AVX2 has 16
+ * registers, so MR * NV stays at most 12: 6 x 2 for most products (12
+ * accumulators, 2 B registers, 1 broadcast), 12 x 1 for products at most 8
+ * columns wide, and 1 x 8, 2 x 4 or 3 x 4 for products of one to three rows
+ * (a streaming step, the last active sequences of a step), which need
+ * independent accumulators to keep the multiply-adds in flight. Tiles of a
+ * last panel narrower than the tile load and store under a lane mask.
+ *
+ * Each C[i, j] is summed exactly as the AVX-512 tiles sum it: from zero, p
+ * ascending, one fused multiply-add per p, then added to C. Within a block of
+ * KC steps the bits of C therefore do not depend on the tile shape, the row
+ * blocking or which of the two instruction sets ran.
+ */
+#ifndef FASTLSTM_OWN_GEMM_AVX2_H
+#define FASTLSTM_OWN_GEMM_AVX2_H
+
+#define FASTLSTM_AVX2_MR_MAX 6
+#define FASTLSTM_AVX2_NARROW_MR_MAX 12
+#define FASTLSTM_AVX2_SKINNY_ROWS 3
+#define FASTLSTM_AVX2_SKINNY_NV_MAX 8
+/* Rows of A kept in L2 across the panels of B: 37 blocks of 6 rows (222
+ * rows, 222 kB of A at KC = 256; Zen 3 has 512 kB of L2 per core). */
+#define FASTLSTM_AVX2_CHUNK_ROWS 224
+/* A chunk of at least this many row blocks reads each panel of B from a
+ * packed copy (see fastlstm_avx2_packed_panel). */
+#define FASTLSTM_AVX2_PACK_MIN_BLOCKS 6
+
+/* All ones in the first n_columns (clamped to 0-8) lanes. */
+__attribute__((target("avx2,fma")))
+static inline __m256i fastlstm_avx2_mask(ptrdiff_t n_columns)
+{
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const int count = n_columns <= 0 ? 0 : n_columns >= 8 ? 8 : (int)n_columns;
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), lanes);
+}
+
+/* C[0:MR, 0:n_columns] = [C +] A B over k steps of p. MASKED tiles are for
+ * a panel narrower than 8 * NV columns (n_columns says how wide); unmasked
+ * ones read and write all 8 * NV columns. MR, NV and MASKED are constants,
+ * so each instance compiles to straight-line register code. */
+#define FASTLSTM_DEFINE_AVX2_TILE(MR, NV, MASKED)                                   \
+__attribute__((target("avx2,fma")))                                                 \
+static void fastlstm_avx2_tile_##MR##_##NV##_##MASKED(                              \
+    ptrdiff_t k, const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs, const float *b,     \
+    ptrdiff_t ldb, float *c, ptrdiff_t ldc, ptrdiff_t n_columns, int accumulate)    \
+{                                                                                   \
+    __m256 acc[MR][NV];                                                             \
+    __m256i mask[NV];                                                               \
+    _Pragma("GCC unroll 12")                                                        \
+    for (int v = 0; v < NV; v++) {                                                  \
+        mask[v] = fastlstm_avx2_mask(n_columns - 8 * v);                            \
+        _Pragma("GCC unroll 12")                                                    \
+        for (int i = 0; i < MR; i++)                                                \
+            acc[i][v] = _mm256_setzero_ps();                                        \
+    }                                                                               \
+    for (ptrdiff_t p = 0; p < k; p++) {                                             \
+        const float *a_p = a + p * a_cs;                                            \
+        const float *b_p = b + p * ldb;                                             \
+        __m256 b_v[NV];                                                             \
+        _Pragma("GCC unroll 12")                                                    \
+        for (int v = 0; v < NV; v++)                                                \
+            b_v[v] = MASKED ? _mm256_maskload_ps(b_p + 8 * v, mask[v])              \
+                            : _mm256_loadu_ps(b_p + 8 * v);                         \
+        _Pragma("GCC unroll 12")                                                    \
+        for (int i = 0; i < MR; i++) {                                              \
+            const __m256 a_ip = _mm256_broadcast_ss(a_p + i * a_rs);                \
+            _Pragma("GCC unroll 12")                                                \
+            for (int v = 0; v < NV; v++)                                            \
+                acc[i][v] = _mm256_fmadd_ps(a_ip, b_v[v], acc[i][v]);               \
+        }                                                                           \
+    }                                                                               \
+    _Pragma("GCC unroll 12")                                                        \
+    for (int i = 0; i < MR; i++) {                                                  \
+        float *c_i = c + i * ldc;                                                   \
+        _Pragma("GCC unroll 12")                                                    \
+        for (int v = 0; v < NV; v++) {                                              \
+            __m256 value = acc[i][v];                                               \
+            if (accumulate)                                                         \
+                value = _mm256_add_ps(MASKED ? _mm256_maskload_ps(c_i + 8 * v, mask[v]) \
+                                             : _mm256_loadu_ps(c_i + 8 * v),        \
+                                      value);                                       \
+            if (MASKED)                                                             \
+                _mm256_maskstore_ps(c_i + 8 * v, mask[v], value);                   \
+            else                                                                    \
+                _mm256_storeu_ps(c_i + 8 * v, value);                               \
+        }                                                                           \
+    }                                                                               \
+}
+#define FASTLSTM_AVX2_TILE_PAIR(MR, NV) \
+    FASTLSTM_DEFINE_AVX2_TILE(MR, NV, 0) FASTLSTM_DEFINE_AVX2_TILE(MR, NV, 1)
+
+/* One register of columns: up to 12 rows. */
+FASTLSTM_AVX2_TILE_PAIR(1, 1)  FASTLSTM_AVX2_TILE_PAIR(2, 1)  FASTLSTM_AVX2_TILE_PAIR(3, 1)
+FASTLSTM_AVX2_TILE_PAIR(4, 1)  FASTLSTM_AVX2_TILE_PAIR(5, 1)  FASTLSTM_AVX2_TILE_PAIR(6, 1)
+FASTLSTM_AVX2_TILE_PAIR(7, 1)  FASTLSTM_AVX2_TILE_PAIR(8, 1)  FASTLSTM_AVX2_TILE_PAIR(9, 1)
+FASTLSTM_AVX2_TILE_PAIR(10, 1) FASTLSTM_AVX2_TILE_PAIR(11, 1) FASTLSTM_AVX2_TILE_PAIR(12, 1)
+/* Two registers: up to 6 rows. */
+FASTLSTM_AVX2_TILE_PAIR(1, 2)  FASTLSTM_AVX2_TILE_PAIR(2, 2)  FASTLSTM_AVX2_TILE_PAIR(3, 2)
+FASTLSTM_AVX2_TILE_PAIR(4, 2)  FASTLSTM_AVX2_TILE_PAIR(5, 2)  FASTLSTM_AVX2_TILE_PAIR(6, 2)
+/* Skinny tiles of one to three rows: up to 8 registers for one row, 4 for
+ * two or three. */
+FASTLSTM_AVX2_TILE_PAIR(1, 3) FASTLSTM_AVX2_TILE_PAIR(1, 4) FASTLSTM_AVX2_TILE_PAIR(1, 5)
+FASTLSTM_AVX2_TILE_PAIR(1, 6) FASTLSTM_AVX2_TILE_PAIR(1, 7) FASTLSTM_AVX2_TILE_PAIR(1, 8)
+FASTLSTM_AVX2_TILE_PAIR(2, 3) FASTLSTM_AVX2_TILE_PAIR(2, 4)
+FASTLSTM_AVX2_TILE_PAIR(3, 3) FASTLSTM_AVX2_TILE_PAIR(3, 4)
+
+typedef void (*fastlstm_avx2_tile_fn)(ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
+                                      const float *, ptrdiff_t, float *, ptrdiff_t,
+                                      ptrdiff_t, int);
+
+#define FASTLSTM_AVX2_PAIR(MR, NV) \
+    {fastlstm_avx2_tile_##MR##_##NV##_0, fastlstm_avx2_tile_##MR##_##NV##_1}
+
+/* [rows][unmasked, masked] */
+static const fastlstm_avx2_tile_fn
+fastlstm_avx2_tiles_1[FASTLSTM_AVX2_NARROW_MR_MAX + 1][2] = {
+    {NULL, NULL}, FASTLSTM_AVX2_PAIR(1, 1), FASTLSTM_AVX2_PAIR(2, 1), FASTLSTM_AVX2_PAIR(3, 1),
+    FASTLSTM_AVX2_PAIR(4, 1), FASTLSTM_AVX2_PAIR(5, 1), FASTLSTM_AVX2_PAIR(6, 1),
+    FASTLSTM_AVX2_PAIR(7, 1), FASTLSTM_AVX2_PAIR(8, 1), FASTLSTM_AVX2_PAIR(9, 1),
+    FASTLSTM_AVX2_PAIR(10, 1), FASTLSTM_AVX2_PAIR(11, 1), FASTLSTM_AVX2_PAIR(12, 1),
+};
+
+static const fastlstm_avx2_tile_fn fastlstm_avx2_tiles_2[FASTLSTM_AVX2_MR_MAX + 1][2] = {
+    {NULL, NULL}, FASTLSTM_AVX2_PAIR(1, 2), FASTLSTM_AVX2_PAIR(2, 2), FASTLSTM_AVX2_PAIR(3, 2),
+    FASTLSTM_AVX2_PAIR(4, 2), FASTLSTM_AVX2_PAIR(5, 2), FASTLSTM_AVX2_PAIR(6, 2),
+};
+
+/* [rows][registers][unmasked, masked]; rows of 2 and 3 stop at 4 registers. */
+static const fastlstm_avx2_tile_fn
+fastlstm_avx2_skinny_tiles[FASTLSTM_AVX2_SKINNY_ROWS + 1][FASTLSTM_AVX2_SKINNY_NV_MAX + 1][2] = {
+    {{NULL, NULL}},
+    {{NULL, NULL}, FASTLSTM_AVX2_PAIR(1, 1), FASTLSTM_AVX2_PAIR(1, 2), FASTLSTM_AVX2_PAIR(1, 3),
+     FASTLSTM_AVX2_PAIR(1, 4), FASTLSTM_AVX2_PAIR(1, 5), FASTLSTM_AVX2_PAIR(1, 6),
+     FASTLSTM_AVX2_PAIR(1, 7), FASTLSTM_AVX2_PAIR(1, 8)},
+    {{NULL, NULL}, FASTLSTM_AVX2_PAIR(2, 1), FASTLSTM_AVX2_PAIR(2, 2), FASTLSTM_AVX2_PAIR(2, 3),
+     FASTLSTM_AVX2_PAIR(2, 4)},
+    {{NULL, NULL}, FASTLSTM_AVX2_PAIR(3, 1), FASTLSTM_AVX2_PAIR(3, 2), FASTLSTM_AVX2_PAIR(3, 3),
+     FASTLSTM_AVX2_PAIR(3, 4)},
+};
+
+static const int fastlstm_avx2_skinny_nv[FASTLSTM_AVX2_SKINNY_ROWS + 1] = {0, 8, 4, 4};
+
+/* A copy of a full panel of B (kc rows of 16 floats, rows ldb apart) with
+ * its rows contiguous, in a buffer kept per thread; NULL if it cannot be
+ * allocated (the caller then reads B in place). Why: with 4H = 1024
+ * columns, B's rows are 4 kB apart, so the 256 rows of a panel fall into
+ * the same few sets of the 8-way L1 and evict each other, and the panel
+ * does not stay in L1 across the tiles of a chunk. Measured on Zen 3:
+ * 128 x 1024 x 256 56 -> 80 GFLOP/s, 3200 x 1024 x 256 50 -> 80, a W3
+ * step's 32 x 1024 x 256 53 -> 60; a chunk of fewer row blocks (W1's 27
+ * rows are 5) loses more to the copy than it gains (94 -> 87). Packing
+ * moves floats, so C's bits do not change. */
+__attribute__((target("avx2,fma")))
+static float *fastlstm_avx2_packed_panel(ptrdiff_t kc, const float *b, ptrdiff_t ldb)
+{
+    static __thread float *buffer = NULL;
+    static __thread ptrdiff_t capacity = 0;
+    ptrdiff_t p;
+    if (16 * kc > capacity) {
+        float *grown = (float *)realloc(buffer, (size_t)(16 * kc) * sizeof(float));
+        if (grown == NULL)
+            return NULL;
+        buffer = grown;
+        capacity = 16 * kc;
+    }
+    for (p = 0; p < kc; p++) {
+        _mm256_storeu_ps(buffer + 16 * p, _mm256_loadu_ps(b + p * ldb));
+        _mm256_storeu_ps(buffer + 16 * p + 8, _mm256_loadu_ps(b + p * ldb + 8));
+    }
+    return buffer;
+}
+
+/* One block of KC (or fewer) steps of p over the whole of C, as
+ * fastlstm_gemm_block does with the AVX-512 tiles: row blocks of near-equal
+ * size in chunks of about FASTLSTM_AVX2_CHUNK_ROWS rows, the panels of B
+ * (16 columns, KC x 16 floats = 16 kB, in L1) walked outside the chunk's
+ * row blocks. No target attribute: it would keep GCC from emitting the
+ * prefetches (see fastlstm_prefetch_tile). */
+static void fastlstm_avx2_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
+                                     const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
+                                     const float *b, ptrdiff_t ldb, float *c,
+                                     ptrdiff_t ldc, int accumulate)
+{
+    const int narrow = n <= 8;
+    const ptrdiff_t mr_max = narrow ? FASTLSTM_AVX2_NARROW_MR_MAX : FASTLSTM_AVX2_MR_MAX;
+    const ptrdiff_t panel_columns = narrow ? 8 : 16;
+    const ptrdiff_t n_row_blocks = (m + mr_max - 1) / mr_max;
+    const ptrdiff_t base = m / n_row_blocks, extra = m % n_row_blocks;
+    const ptrdiff_t chunk_blocks = FASTLSTM_AVX2_CHUNK_ROWS / mr_max;
+    const int prefetch_c = accumulate && m * n >= FASTLSTM_PREFETCH_MIN_FLOATS;
+    ptrdiff_t chunk, block, chunk_i0, i0, j0, rows;
+    if (m <= FASTLSTM_AVX2_SKINNY_ROWS && !narrow) {
+        const ptrdiff_t nv_max = fastlstm_avx2_skinny_nv[m];
+        for (j0 = 0; j0 < n; j0 += 8 * nv_max) {
+            const ptrdiff_t left = n - j0;
+            const ptrdiff_t nv = left >= 8 * nv_max ? nv_max : (left + 7) / 8;
+            fastlstm_avx2_skinny_tiles[m][nv][left < 8 * nv](kc, a, a_rs, a_cs, b + j0, ldb,
+                                                             c + j0, ldc, left, accumulate);
+        }
+        return;
+    }
+    for (chunk = 0, chunk_i0 = 0; chunk < n_row_blocks; chunk += chunk_blocks) {
+        const ptrdiff_t last = chunk + chunk_blocks < n_row_blocks ? chunk + chunk_blocks
+                                                                   : n_row_blocks;
+        for (j0 = 0; j0 < n; j0 += panel_columns) {
+            const ptrdiff_t left = n - j0;
+            /* A last panel of at most 8 columns takes one-register tiles,
+             * which do not do a second register's multiply-adds for nothing. */
+            const int one_register = left <= 8;
+            const int masked = left < (one_register ? 8 : 16);
+            const float *panel = b + j0;
+            ptrdiff_t ld_panel = ldb;
+            if (!masked && last - chunk >= FASTLSTM_AVX2_PACK_MIN_BLOCKS) {
+                float *packed = fastlstm_avx2_packed_panel(kc, b + j0, ldb);
+                if (packed != NULL) {
+                    panel = packed;
+                    ld_panel = 16;
+                }
+            }
+            for (block = chunk, i0 = chunk_i0; block < last; block++, i0 += rows) {
+                rows = base + (block < extra);
+                if (prefetch_c) {
+                    if (j0 == 0)
+                        fastlstm_prefetch_tile(c + i0 * ldc, ldc, rows,
+                                               left < panel_columns ? left : panel_columns);
+                    if (left > panel_columns)
+                        fastlstm_prefetch_tile(c + i0 * ldc + j0 + panel_columns, ldc, rows,
+                                               left - panel_columns < panel_columns
+                                               ? left - panel_columns : panel_columns);
+                }
+                if (one_register)
+                    fastlstm_avx2_tiles_1[rows][masked](kc, a + i0 * a_rs, a_rs, a_cs,
+                                                        b + j0, ldb, c + i0 * ldc + j0, ldc,
+                                                        left, accumulate);
+                else
+                    fastlstm_avx2_tiles_2[rows][masked](kc, a + i0 * a_rs, a_rs, a_cs,
+                                                        panel, ld_panel, c + i0 * ldc + j0, ldc,
+                                                        left, accumulate);
+            }
+        }
+        chunk_i0 = i0;
+    }
+}
+
+/* out[j, i] = a[i, j] for an 8 x 8 block in registers (three rounds of
+ * shuffles: 32-bit, 64-bit, then 128-bit lanes); a smaller edge block
+ * (rows x columns) element by element. */
+__attribute__((target("avx2,fma")))
+static void fastlstm_avx2_transpose_block(ptrdiff_t rows, ptrdiff_t columns, const float *a,
+                                          ptrdiff_t lda, float *out, ptrdiff_t ldo)
+{
+    __m256 r[8], t[8];
+    ptrdiff_t i, j;
+    if (rows < 8 || columns < 8) {
+        for (j = 0; j < columns; j++)
+            for (i = 0; i < rows; i++)
+                out[j * ldo + i] = a[i * lda + j];
+        return;
+    }
+    for (i = 0; i < 8; i++)
+        r[i] = _mm256_loadu_ps(a + i * lda);
+    for (i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    /* t[2i] holds, per 128-bit lane L, a[2i][4L], a[2i+1][4L], a[2i][4L+1],
+     * a[2i+1][4L+1]; t[2i+1] the same for columns 4L+2 and 4L+3. */
+    for (i = 0; i < 2; i++) {
+        r[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        r[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        r[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        r[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    /* r[4i + c] now holds, in lane L, column 4L + c of rows 4i to 4i + 3. */
+    for (j = 0; j < 4; j++) {
+        _mm256_storeu_ps(out + j * ldo, _mm256_permute2f128_ps(r[j], r[j + 4], 0x20));
+        _mm256_storeu_ps(out + (j + 4) * ldo, _mm256_permute2f128_ps(r[j], r[j + 4], 0x31));
+    }
+}
+
+#endif  /* FASTLSTM_OWN_GEMM_AVX2_H */

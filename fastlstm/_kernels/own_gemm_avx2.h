@@ -36,6 +36,9 @@
 /* A chunk of at least this many row blocks reads each panel of B from a
  * packed copy (see fastlstm_avx2_packed_panel). */
 #define FASTLSTM_AVX2_PACK_MIN_BLOCKS 6
+/* ... and, where A is transposed and C has at least this many columns, the
+ * rows of A (see fastlstm_avx2_packed_rows). */
+#define FASTLSTM_AVX2_PACK_A_MIN_COLUMNS 128
 
 /* All ones in the first n_columns (clamped to 0-8) lanes. */
 __attribute__((target("avx2,fma")))
@@ -182,6 +185,45 @@ static float *fastlstm_avx2_packed_panel(ptrdiff_t kc, const float *b, ptrdiff_t
     return buffer;
 }
 
+/* The rows of A of a chunk's row blocks first to last (block b has base + (b
+ * < extra) rows) for kc steps of p, copied block after block, each block
+ * p-major (its rows' values for one p side by side), into a buffer kept per
+ * thread; NULL if it cannot be allocated (the caller then reads A in
+ * place). For a transposed A (weight gradients dG^T Hprev, dG^T X: a row of
+ * A is a column of dG, a_cs = 4H apart) a tile reads, per p, a few floats
+ * 4H floats past the previous ones: with 4H = 1024 the kc steps of a tile
+ * fall into the same few L1 sets, as B's rows do (see
+ * fastlstm_avx2_packed_panel). Packed, a tile reads its A contiguously,
+ * and the copy serves every panel of the chunk: 1024 x 256 products with k
+ * = 3200 and 12800 ran 72 -> 82 and 63 -> 71 GFLOP/s; with 64 columns (4
+ * panels) the copy cost more than it saved (73 -> 64). Same bits. */
+static float *fastlstm_avx2_packed_rows(ptrdiff_t first, ptrdiff_t last, ptrdiff_t base,
+                                        ptrdiff_t extra, ptrdiff_t kc, const float *a,
+                                        ptrdiff_t a_rs, ptrdiff_t a_cs)
+{
+    static __thread float *buffer = NULL;
+    static __thread ptrdiff_t capacity = 0;
+    ptrdiff_t block, i, p, rows, done = 0, needed = 0;
+    for (block = first; block < last; block++)
+        needed += (base + (block < extra)) * kc;
+    if (needed > capacity) {
+        float *grown = (float *)realloc(buffer, (size_t)needed * sizeof(float));
+        if (grown == NULL)
+            return NULL;
+        buffer = grown;
+        capacity = needed;
+    }
+    for (block = first; block < last; block++, done += rows) {
+        float *out = buffer + done * kc;
+        const float *in = a + done * a_rs;
+        rows = base + (block < extra);
+        for (p = 0; p < kc; p++)
+            for (i = 0; i < rows; i++)
+                out[p * rows + i] = in[i * a_rs + p * a_cs];
+    }
+    return buffer;
+}
+
 /* One block of KC (or fewer) steps of p over the whole of C, as
  * fastlstm_gemm_block does with the AVX-512 tiles: row blocks of near-equal
  * size in chunks of about FASTLSTM_AVX2_CHUNK_ROWS rows, the panels of B
@@ -214,6 +256,11 @@ static void fastlstm_avx2_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
     for (chunk = 0, chunk_i0 = 0; chunk < n_row_blocks; chunk += chunk_blocks) {
         const ptrdiff_t last = chunk + chunk_blocks < n_row_blocks ? chunk + chunk_blocks
                                                                    : n_row_blocks;
+        const float *packed_a = NULL;
+        if (a_cs != 1 && n >= FASTLSTM_AVX2_PACK_A_MIN_COLUMNS
+            && last - chunk >= FASTLSTM_AVX2_PACK_MIN_BLOCKS)
+            packed_a = fastlstm_avx2_packed_rows(chunk, last, base, extra, kc,
+                                                 a + chunk_i0 * a_rs, a_rs, a_cs);
         for (j0 = 0; j0 < n; j0 += panel_columns) {
             const ptrdiff_t left = n - j0;
             /* A last panel of at most 8 columns takes one-register tiles,
@@ -240,12 +287,17 @@ static void fastlstm_avx2_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
                                                left - panel_columns < panel_columns
                                                ? left - panel_columns : panel_columns);
                 }
+                /* A packed block of rows x kc is p-major: rows 1 apart, p
+                 * steps rows apart. */
+                const float *a_tile = packed_a ? packed_a + (i0 - chunk_i0) * kc
+                                               : a + i0 * a_rs;
+                const ptrdiff_t tile_rs = packed_a ? 1 : a_rs, tile_cs = packed_a ? rows : a_cs;
                 if (one_register)
-                    fastlstm_avx2_tiles_1[rows][masked](kc, a + i0 * a_rs, a_rs, a_cs,
+                    fastlstm_avx2_tiles_1[rows][masked](kc, a_tile, tile_rs, tile_cs,
                                                         b + j0, ldb, c + i0 * ldc + j0, ldc,
                                                         left, accumulate);
                 else
-                    fastlstm_avx2_tiles_2[rows][masked](kc, a + i0 * a_rs, a_rs, a_cs,
+                    fastlstm_avx2_tiles_2[rows][masked](kc, a_tile, tile_rs, tile_cs,
                                                         panel, ld_panel, c + i0 * ldc + j0, ldc,
                                                         left, accumulate);
             }

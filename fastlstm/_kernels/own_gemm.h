@@ -522,8 +522,8 @@ static int fastlstm_transpose(ptrdiff_t m, ptrdiff_t n, const float *a, ptrdiff_
 
 /* A product with A transposed (dR = dG^T Hprev, dW = dG^T X) and a narrow
  * C whose width is not a multiple of the panel width (32 columns with
- * AVX-512, 16 with AVX2: hidden 100, a dozen input features) wastes lanes on its last panel of columns, for every one of its
- * many rows: W1's 400 x 100 and 400 x 12 weight gradients run at 60-90 % of
+ * AVX-512, 16 with AVX2: hidden 100, a dozen input features) wastes lanes
+ * on its last panel of columns, for every one of its many rows: W1's 400 x 100 and 400 x 12 weight gradients run at 60-90 % of
  * the speed of the swapped product C^T = B^T A^T (100 x 400, 12 x 400: wide
  * rows, A^T's rows contiguous), transposed into C after. Each element is
  * the same sum in the same order either way (p ascending, the same blocks

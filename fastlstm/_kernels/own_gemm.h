@@ -338,14 +338,36 @@ static const fastlstm_tile_fn fastlstm_narrow_tiles[FASTLSTM_NARROW_MR_MAX + 1] 
  * Prefetched a tile ahead, the forward kernel of a W3 layer runs 6-9 %
  * faster; prefetching is only a hint, so C's bits do not change. No
  * target("avx512f") here (prefetcht1 is baseline x86-64): with it, GCC 12
- * compiled the calls from fastlstm_gemm_block to no instruction at all. */
-static void fastlstm_prefetch_tile(const float *c, ptrdiff_t ldc, ptrdiff_t rows,
-                                   ptrdiff_t columns)
+ * compiled the calls from fastlstm_gemm_block to no instruction at all.
+ * Always inlined, as fastlstm_prefetch_ahead is: GCC 12 takes a function
+ * of prefetches alone for one without side effects and deletes the calls
+ * it does not inline (objdump: no prefetcht1 left). */
+__attribute__((always_inline))
+static inline void fastlstm_prefetch_tile(const float *c, ptrdiff_t ldc, ptrdiff_t rows,
+                                          ptrdiff_t columns)
 {
     ptrdiff_t i, j;
     for (i = 0; i < rows; i++)
         for (j = 0; j < columns; j += 16)
             _mm_prefetch((const char *)(c + i * ldc + j), _MM_HINT_T1);
+}
+
+/* Called before the tile of C at c_tile (rows rows, column j0 of C, left
+ * columns from there to C's end, panels of panel_columns): prefetch this
+ * tile if nothing asked for it yet (the first panel), and the next panel's
+ * tile of the same rows, read after the chunk's other row blocks. Both
+ * instruction sets' block loops call it. */
+__attribute__((always_inline))
+static inline void fastlstm_prefetch_ahead(const float *c_tile, ptrdiff_t ldc,
+                                           ptrdiff_t rows, ptrdiff_t j0, ptrdiff_t left,
+                                           ptrdiff_t panel_columns)
+{
+    if (j0 == 0)
+        fastlstm_prefetch_tile(c_tile, ldc, rows, left < panel_columns ? left : panel_columns);
+    if (left > panel_columns)
+        fastlstm_prefetch_tile(c_tile + panel_columns, ldc, rows,
+                               left - panel_columns < panel_columns ? left - panel_columns
+                                                                    : panel_columns);
 }
 
 /* One block of KC (or fewer) steps of p over the whole of C. */
@@ -404,18 +426,9 @@ static void fastlstm_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
             const fastlstm_tile_fn *panel_tiles = left <= 16 ? fastlstm_narrow_tiles : tiles;
             for (block = chunk, i0 = chunk_i0; block < last; block++, i0 += rows) {
                 rows = base + (block < extra);
-                if (prefetch_c) {
-                    /* This tile's C if nothing asked for it yet (the first
-                     * panel), and the next panel's tile of the same rows,
-                     * read after the chunk's other row blocks. */
-                    if (j0 == 0)
-                        fastlstm_prefetch_tile(c + i0 * ldc, ldc, rows,
-                                               left < panel_columns ? left : panel_columns);
-                    if (left > panel_columns)
-                        fastlstm_prefetch_tile(c + i0 * ldc + j0 + panel_columns, ldc, rows,
-                                               left - panel_columns < panel_columns
-                                               ? left - panel_columns : panel_columns);
-                }
+                if (prefetch_c)
+                    fastlstm_prefetch_ahead(c + i0 * ldc + j0, ldc, rows, j0, left,
+                                            panel_columns);
                 if (quad)
                     fastlstm_quad_tiles[rows][n_registers](kc, a + i0 * a_rs, a_rs, a_cs,
                                                            b + j0, ldb, c + i0 * ldc + j0,

@@ -278,15 +278,9 @@ static void fastlstm_avx2_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
             }
             for (block = chunk, i0 = chunk_i0; block < last; block++, i0 += rows) {
                 rows = base + (block < extra);
-                if (prefetch_c) {
-                    if (j0 == 0)
-                        fastlstm_prefetch_tile(c + i0 * ldc, ldc, rows,
-                                               left < panel_columns ? left : panel_columns);
-                    if (left > panel_columns)
-                        fastlstm_prefetch_tile(c + i0 * ldc + j0 + panel_columns, ldc, rows,
-                                               left - panel_columns < panel_columns
-                                               ? left - panel_columns : panel_columns);
-                }
+                if (prefetch_c)
+                    fastlstm_prefetch_ahead(c + i0 * ldc + j0, ldc, rows, j0, left,
+                                            panel_columns);
                 /* A packed block of rows x kc is p-major: rows 1 apart, p
                  * steps rows apart. */
                 const float *a_tile = packed_a ? packed_a + (i0 - chunk_i0) * kc

@@ -158,6 +158,42 @@ def test_a_row_does_not_depend_on_the_other_rows(own_gemm_isa):
             np.testing.assert_array_equal(_gemm.matmul(A[rows], B), full[rows])
 
 
+# B ends where an unreadable page begins: a tile (or a copy of a panel of B)
+# that reads past B's last row crashes the process. Run in a subprocess so
+# that a crash fails this test, not the whole run. Column counts that end in
+# a full or partial one-register panel, a skinny product and one of 40 rows
+# (7 row blocks: the AVX2 tiles copy B's panels there).
+_GUARDED_PRODUCTS = """
+import ctypes, mmap, sys
+import numpy as np
+from fastlstm._kernels import _gemm
+_gemm.set_isa(sys.argv[1])
+page, k = mmap.PAGESIZE, 10
+for m in (2, 40):
+    for n in (8, 24, 40, 100):
+        print(m, n, end=" ", flush=True)
+        size = -(-4 * k * n // page) * page
+        buf = mmap.mmap(-1, size + page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        if ctypes.CDLL(None).mprotect(ctypes.c_void_p(address + size), page, 0):
+            sys.exit("mprotect failed")
+        B = np.frombuffer(buf, np.float32, count=k * n, offset=size - 4 * k * n).reshape(k, n)
+        B[:] = np.random.default_rng(n).standard_normal((k, n))
+        A = np.random.default_rng(m).standard_normal((m, k)).astype(np.float32)
+        print(np.abs(_gemm.matmul(A, B) - A.astype(np.float64) @ B).max(), flush=True)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mprotect through ctypes")
+def test_products_do_not_read_past_the_end_of_b(own_gemm_isa):
+    result = subprocess.run([sys.executable, "-c", _GUARDED_PRODUCTS, own_gemm_isa],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, (f"exit {result.returncode} after {result.stdout!r}: "
+                                    f"{result.stderr[-500:]}")
+    errors = [float(line.split()[2]) for line in result.stdout.splitlines()]
+    assert len(errors) == 8 and max(errors) < 1e-5, result.stdout
+
+
 def test_off_switch(own_gemm_off):
     assert not _gemm.enabled()
     with pytest.raises(RuntimeError, match="off or not supported"):

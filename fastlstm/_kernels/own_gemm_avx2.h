@@ -269,7 +269,10 @@ static void fastlstm_avx2_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
             const int masked = left < (one_register ? 8 : 16);
             const float *panel = b + j0;
             ptrdiff_t ld_panel = ldb;
-            if (!masked && last - chunk >= FASTLSTM_AVX2_PACK_MIN_BLOCKS) {
+            /* Only full two-register panels: a one-register panel's tiles
+             * read B in place, and a copy of 16 columns would read past
+             * the end of B's rows. */
+            if (!one_register && !masked && last - chunk >= FASTLSTM_AVX2_PACK_MIN_BLOCKS) {
                 float *packed = fastlstm_avx2_packed_panel(kc, b + j0, ldb);
                 if (packed != NULL) {
                     panel = packed;

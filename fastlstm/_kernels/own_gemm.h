@@ -389,7 +389,7 @@ static void fastlstm_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
     const ptrdiff_t base = m / n_row_blocks, extra = m % n_row_blocks;
     const ptrdiff_t chunk_blocks = FASTLSTM_CHUNK_ROWS / mr_max;
     const int prefetch_c = accumulate && m * n >= FASTLSTM_PREFETCH_MIN_FLOATS;
-    ptrdiff_t chunk, block, chunk_i0, i0, j0, rows;
+    ptrdiff_t chunk, block, i0, j0, rows;
     if (m <= FASTLSTM_SKINNY_ROWS && !narrow) {
         /* One row block; columns in panels of up to 8 registers, the last
          * panel only as many registers as it has columns for. */
@@ -410,7 +410,10 @@ static void fastlstm_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
      * from memory once per chunk, not once per tile. A step's product (a
      * few dozen rows) is one chunk. Quad tiles take panels of 64 columns,
      * the last one as many registers as it has columns for. */
-    for (chunk = 0, chunk_i0 = 0; chunk < n_row_blocks; chunk += chunk_blocks) {
+    for (chunk = 0; chunk < n_row_blocks; chunk += chunk_blocks) {
+        /* Blocks before this chunk's first: min(chunk, extra) of them have a
+         * row more than base. */
+        const ptrdiff_t chunk_i0 = chunk * base + (chunk < extra ? chunk : extra);
         const ptrdiff_t last = chunk + chunk_blocks < n_row_blocks ? chunk + chunk_blocks
                                                                    : n_row_blocks;
         for (j0 = 0; j0 < n; j0 += panel_columns) {
@@ -438,7 +441,6 @@ static void fastlstm_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
                                       c + i0 * ldc + j0, ldc, m0, m1, accumulate);
             }
         }
-        chunk_i0 = i0;
     }
 }
 

@@ -242,7 +242,7 @@ static void fastlstm_avx2_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
     const ptrdiff_t base = m / n_row_blocks, extra = m % n_row_blocks;
     const ptrdiff_t chunk_blocks = FASTLSTM_AVX2_CHUNK_ROWS / mr_max;
     const int prefetch_c = accumulate && m * n >= FASTLSTM_PREFETCH_MIN_FLOATS;
-    ptrdiff_t chunk, block, chunk_i0, i0, j0, rows;
+    ptrdiff_t chunk, block, i0, j0, rows;
     if (m <= FASTLSTM_AVX2_SKINNY_ROWS && !narrow) {
         const ptrdiff_t nv_max = fastlstm_avx2_skinny_nv[m];
         for (j0 = 0; j0 < n; j0 += 8 * nv_max) {
@@ -253,7 +253,10 @@ static void fastlstm_avx2_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
         }
         return;
     }
-    for (chunk = 0, chunk_i0 = 0; chunk < n_row_blocks; chunk += chunk_blocks) {
+    for (chunk = 0; chunk < n_row_blocks; chunk += chunk_blocks) {
+        /* Blocks before this chunk's first: min(chunk, extra) of them have a
+         * row more than base. */
+        const ptrdiff_t chunk_i0 = chunk * base + (chunk < extra ? chunk : extra);
         const ptrdiff_t last = chunk + chunk_blocks < n_row_blocks ? chunk + chunk_blocks
                                                                    : n_row_blocks;
         const float *packed_a = NULL;
@@ -299,7 +302,6 @@ static void fastlstm_avx2_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
                                                         left, accumulate);
             }
         }
-        chunk_i0 = i0;
     }
 }
 

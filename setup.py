@@ -30,6 +30,8 @@ EXTENSIONS = {
     "fastlstm._kernels.cython_lstm": {"sources": ["fastlstm/_kernels/cython_lstm.pyx"], "openmp": False},
     "fastlstm._kernels._kernel_arguments": {
         "sources": ["fastlstm/_kernels/_kernel_arguments.pyx"], "openmp": False, "numpy": True},
+    "fastlstm._kernels._stream_call": {
+        "sources": ["fastlstm/_kernels/_stream_call.pyx"], "openmp": False, "numpy": True},
 }
 
 DEBUG = os.environ.get("FASTLSTM_CYTHON_DEBUG", "0") == "1"

@@ -123,7 +123,9 @@ def get_backend(name):
 def numba_kernels_cached():
     """Whether numba's on-disk cache holds up-to-date compiled LSTM kernels.
 
-    The native entries (``numba_lstm.entry_addresses``) count among them.
+    The native entries (``numba_lstm.entry_addresses``) count among them, as
+    do the streaming path's (``numba_stream.entry_address``), which
+    ``predict_and_update_state`` would otherwise compile on its first call.
     Reads the cache index numba keeps for the kernels (it is stale, and read
     as empty, when the kernels' source changed); it compiles nothing. This
     uses numba internals, so any surprise reads as "not cached".
@@ -136,7 +138,9 @@ def numba_kernels_cached():
         )
     except Exception:  # noqa: BLE001 - internals of another numba version
         return False
-    return kernels_cached and module.entries_cached()
+    from ._kernels import numba_stream
+
+    return kernels_cached and module.entries_cached() and numba_stream.entries_cached()
 
 
 # A compile process younger than this holds the lock; an older lock is stale.

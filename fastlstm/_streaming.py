@@ -6,7 +6,8 @@ list of sequences, normalise, pack a batch, run each layer through the
 backend with its thread pool, then the head) costs a few hundred
 microseconds for a single step; :class:`StreamingNetwork` keeps the weights
 pre-transposed in one buffer and runs the whole network over the new steps
-in one call of :func:`fastlstm._kernels.numba_stream.stream_forward`.
+in one call of :func:`fastlstm._kernels.numba_stream.stream_forward`, through
+its native entry (:class:`fastlstm._kernels._stream_call.StreamCall`).
 
 It takes only what it can do exactly as the general path does: a float 3-D
 array (n_sequences, T, n_features), or a list of float arrays (T,
@@ -18,20 +19,21 @@ every error message.
 
 import numpy as np
 
+from ._kernels._stream_call import StreamCall
 from ._kernels.numba_stream import (
     BIAS,
     IN_WEIGHTS,
     LAYOUT_COLUMNS,
     PROJ_WEIGHTS,
     REC_WEIGHTS,
-    all_finite,
-    stream_forward,
+    entry_address,
+    panel_layout,
 )
 from ._network import layer_name
 
 
 def pack_stream_weights(weights, net_shape, dtype):
-    """Pre-transpose a unidirectional network's weights into one buffer.
+    """Pre-transpose a unidirectional network's weights into one buffer, in panels.
 
     Parameters
     ----------
@@ -43,6 +45,8 @@ def pack_stream_weights(weights, net_shape, dtype):
     Returns
     -------
     params : ndarray of shape (n,)
+        Each matrix transposed to (n_in, width) and stored in panels (see
+        :func:`fastlstm._kernels.numba_stream.panel_layout`); biases as they are.
     layout : ndarray of shape (num_layers + 1, LAYOUT_COLUMNS), int64
     sizes : ndarray of shape (4,), int64
         Hidden size, state size, number of outputs, number of layers.
@@ -53,7 +57,8 @@ def pack_stream_weights(weights, net_shape, dtype):
 
     def add(array, row, column):
         nonlocal offset
-        block = np.ascontiguousarray(array, dtype=dtype).ravel()
+        array = np.asarray(array, dtype=dtype)
+        block = panel_layout(array) if array.ndim == 2 else array
         layout[row, column] = offset
         blocks.append(block)
         offset += block.size
@@ -105,67 +110,52 @@ class StreamingNetwork:
             center, scale, shift = scaler._affine()
             self.affine = np.empty((3, self.n_features), dtype=np.float64)
             self.affine[0], self.affine[1], self.affine[2] = center, scale, shift
-        hidden = net_shape.hidden_size
-        self._out = np.empty((0, 0, int(self.sizes[2])), dtype=self.dtype)
-        self.work = np.empty(8 * hidden + max(self.n_features, net_shape.state_size) + hidden,
-                             dtype=self.dtype)
+        work = np.empty(8 * net_shape.hidden_size + self.n_features, dtype=self.dtype)
+        self._call = StreamCall(entry_address(self.dtype), self.params, self.layout, self.sizes,
+                                self.affine, work, self.per_step, net_shape.gate_kind,
+                                net_shape.state_kind)
 
-    def batch(self, X):
-        """X as the 3-D array this path runs, or None where it does not take X.
-
-        It takes a float array (n_sequences, T, n_features), and a list or
-        tuple of float arrays (T, n_features) of one shape, stacked into one:
-        the usual way to pass fastlstm sequences, which took the general
-        path at about 0.2 ms per step. It still checks for NaN when it runs.
-        """
-        if type(X) in (list, tuple) and 0 < len(X) and all(
-                type(seq) is np.ndarray and seq.ndim == 2 for seq in X):
-            shape, kind = X[0].shape, X[0].dtype.kind
-            if all(seq.shape == shape and seq.dtype.kind == kind for seq in X):
-                X = np.stack(X)  # a new array: the caller's are only read
-        if (type(X) is np.ndarray and X.ndim == 3 and X.shape[2] == self.n_features
-                and X.shape[0] > 0 and X.shape[1] > 0 and X.dtype.kind == "f"):
-            return X
-        return None
-
-    def new_state(self, n_sequences):
-        """Zero hidden and cell states for ``n_sequences`` new sequences."""
-        shape = self.net_shape
-        return (np.zeros((shape.num_layers, n_sequences, shape.state_size), dtype=self.dtype),
-                np.zeros((shape.num_layers, n_sequences, shape.hidden_size), dtype=self.dtype))
-
-    def run(self, X, h, c):
-        """Advance the states ``h``, ``c`` (in place) over X's steps.
+    def step(self, X, state):
+        """Run the network over X's steps from ``state``, advancing it in place.
 
         Parameters
         ----------
-        X : ndarray of shape (B, T, n_features)
-            From :meth:`batch`.
-        h, c : ndarray
-            States as from :meth:`new_state`, for B sequences.
+        X : object
+            The new steps. Taken where it is a float array (n_sequences, T,
+            n_features), or a list or tuple of float arrays (T, n_features)
+            of one shape (stacked into one: the usual way to pass fastlstm
+            sequences, which took the general path at about 0.2 ms per step).
+        state : tuple of (h, c), or None
+            As an earlier call returned it (None: zeros). ``h`` (num_layers,
+            n_sequences, state_size), ``c`` (num_layers, n_sequences,
+            hidden_size), C-contiguous, of the model's dtype.
 
         Returns
         -------
-        outputs : ndarray of shape (B, T or 1, n_outputs), or None
-            None, with the states untouched, when X holds NaN or infinity.
-            A buffer reused by the next call: read it (or copy it) before.
+        result : tuple of (outputs, state), or None
+            ``outputs`` (n_sequences, T or 1, n_outputs), a buffer that the
+            next call reuses (read or copy it before); ``state`` the (h, c)
+            reached. None, with ``state`` untouched, where X is not taken,
+            holds NaN or infinity, or ``state`` does not fit it: the general
+            path must answer.
         """
-        if X.dtype != self.dtype or not X.flags.c_contiguous:
-            X = np.ascontiguousarray(X, dtype=self.dtype)  # a copy: X is only ever read
-        B, T = X.shape[0], X.shape[1] if self.per_step else 1
-        out = self._out
-        if out.shape[0] != B or out.shape[1] != T:
-            out = self._out = np.empty((B, T, out.shape[2]), dtype=self.dtype)
-        if not all_finite(X):
-            return None
-        shape = self.net_shape
-        stream_forward(X, self.affine, self.params, self.layout, self.sizes, h, c, out,
-                       self.work, self.per_step, shape.gate_kind, shape.state_kind)
-        return out
+        if type(X) in (list, tuple):
+            X = stack_if_equal_shapes(X)
+        return self._call.step(X, state)
+
+
+def stack_if_equal_shapes(sequences):
+    """Equal-shaped 2-D float arrays as one new 3-D array, or None."""
+    if 0 < len(sequences) and all(type(seq) is np.ndarray and seq.ndim == 2
+                                  and seq.dtype.kind == "f" for seq in sequences):
+        shape = sequences[0].shape
+        if all(seq.shape == shape for seq in sequences):
+            return np.stack(sequences)  # a new array: the caller's are only read
+    return None
 
 
 def warm_up_streaming(dtype):
-    """Compile (or load from numba's cache) :func:`stream_forward` for ``dtype``."""
+    """Compile (or load from numba's cache) the streaming entry for ``dtype``."""
     from ._network import NetworkShape
 
     dtype = np.dtype(dtype)
@@ -174,4 +164,4 @@ def warm_up_streaming(dtype):
                "bias_ih_l0": np.zeros(8), "bias_hh_l0": np.zeros(8),
                "head.weight": np.ones((1, 2)), "head.bias": np.zeros(1)}
     network = StreamingNetwork(weights, shape, None, dtype, per_step=True)
-    network.run(np.ones((1, 1, 1), dtype=dtype), *network.new_state(1))
+    network.step(np.ones((1, 1, 1), dtype=dtype), None)

@@ -20,6 +20,8 @@ NETWORKS = {
     "one-layer": {},
     "two-layers-projection": dict(num_layers=2, proj_size=3),
     "hard-sigmoid-softsign": dict(gate_activation="hard-sigmoid", state_activation="softsign"),
+    # 4H = 160: weight panels of 64, 64 and 32 columns (numba_stream.PANEL).
+    "wide-two-layers-projection": dict(hidden_size=40, num_layers=2, proj_size=20),
 }
 TOLERANCE = {"float64": dict(rtol=1e-12, atol=1e-14), "float32": dict(rtol=1e-5, atol=1e-6)}
 
@@ -51,7 +53,7 @@ def general_path_forbidden(monkeypatch):
 @pytest.mark.parametrize("Estimator", [LSTMRegressor, LSTMClassifier])
 def test_fast_path_answers_as_the_general_path(Estimator, per_step, network, dtype):
     X, y = data(per_step, Estimator is LSTMClassifier)
-    model = Estimator(dtype=dtype, **COMMON, **NETWORKS[network]).fit(X, y)
+    model = Estimator(dtype=dtype, **{**COMMON, **NETWORKS[network]}).fit(X, y)
     stream = np.random.default_rng(1).standard_normal((3, 9, 3)) * 5 + 2
     # The general path, fed nested lists (which the fast path does not take).
     expected = model.reset_state().predict_and_update_state(
@@ -126,7 +128,7 @@ def test_forecast_steps_take_the_fast_path(per_step, network, dtype, monkeypatch
     # As many outputs as features: each prediction is the next input.
     y = [np.cumsum(x, axis=0) * 0.1 for x in X] if per_step else \
         np.array([x.mean(axis=0) for x in X])
-    model = LSTMRegressor(dtype=dtype, **COMMON, **NETWORKS[network]).fit(X, y)
+    model = LSTMRegressor(dtype=dtype, **{**COMMON, **NETWORKS[network]}).fit(X, y)
     observed = [x[:6] for x in X[:3]]  # windows of one shape: the fast path takes them
     with monkeypatch.context() as patch:
         patch.setattr(model, "_streaming_network", lambda: None)
@@ -156,13 +158,13 @@ def test_forecast_goes_on_the_general_way_when_the_fast_path_declines(per_step, 
         patch.setattr(model, "_streaming_network", lambda: None)
         expected = model.forecast(observed, 6)
     network = model._streaming_network()
-    run, calls = network.run, []
+    step, calls = network.step, []
 
-    def run_twice(*args):  # then answers None, as it does for non-finite input
+    def step_twice(*args):  # then answers None, as it does for non-finite input
         calls.append(1)
-        return run(*args) if len(calls) <= 2 else None
+        return step(*args) if len(calls) <= 2 else None
 
-    monkeypatch.setattr(network, "run", run_twice)
+    monkeypatch.setattr(network, "step", step_twice)
     forecast = model.forecast(observed, 6)
     np.testing.assert_allclose(forecast, expected, **TOLERANCE["float64"])
     assert len(calls) > 2  # it declined at least once and the forecast went on
@@ -239,6 +241,28 @@ def test_pickle_drops_the_cache_and_keeps_the_state():
                                   model.predict_and_update_state(stream[:, 3:])[1])
 
 
+def test_panel_layout_stores_column_panels_one_after_the_other():
+    from fastlstm._kernels.numba_stream import PANEL, panel_layout
+
+    matrix = np.arange(5 * (2 * PANEL + 3), dtype=np.float64).reshape(5, 2 * PANEL + 3)
+    flat = panel_layout(matrix)
+    assert flat.shape == (matrix.size,)
+    for p, width in enumerate([PANEL, PANEL, 3]):
+        panel = flat[p * PANEL * 5:][:5 * width].reshape(5, width)
+        np.testing.assert_array_equal(panel, matrix[:, p * PANEL:p * PANEL + width])
+
+
+def _unpanel(params, offset, n_in, width):
+    """The (n_in, width) matrix stored at params[offset:] in panels."""
+    from fastlstm._kernels.numba_stream import PANEL
+
+    columns = []
+    for start in range(0, width, PANEL):
+        n = min(PANEL, width - start)
+        columns.append(params[offset + start * n_in:][:n_in * n].reshape(n_in, n))
+    return np.hstack(columns)
+
+
 def test_packed_weights_are_the_transposed_torch_weights():
     from fastlstm._kernels.numba_stream import (
         BIAS,
@@ -249,21 +273,106 @@ def test_packed_weights_are_the_transposed_torch_weights():
     from fastlstm._network import NetworkShape
 
     rng = np.random.default_rng(0)
-    H, P, n_in = 4, 2, 3
+    H, P, n_in = 20, 2, 3  # 4H = 80: two panels
     weights = {"weight_ih_l0": rng.random((4 * H, n_in)), "weight_hh_l0": rng.random((4 * H, P)),
                "bias_ih_l0": rng.random(4 * H), "bias_hh_l0": rng.random(4 * H),
                "weight_hr_l0": rng.random((P, H)),
                "head.weight": rng.random((2, P)), "head.bias": rng.random(2)}
     shape = NetworkShape(hidden_size=H, num_layers=1, bidirectional=False, proj_size=P)
     params, layout, sizes = pack_stream_weights(weights, shape, np.float64)
-    block = lambda row, column, n, width: params[layout[row, column]:][:n * width].reshape(n, width)  # noqa: E731
-    np.testing.assert_array_equal(block(0, IN_WEIGHTS, n_in, 4 * H), weights["weight_ih_l0"].T)
-    np.testing.assert_array_equal(block(0, REC_WEIGHTS, P, 4 * H), weights["weight_hh_l0"].T)
-    np.testing.assert_array_equal(block(0, BIAS, 1, 4 * H)[0],
+    np.testing.assert_array_equal(_unpanel(params, layout[0, IN_WEIGHTS], n_in, 4 * H),
+                                  weights["weight_ih_l0"].T)
+    np.testing.assert_array_equal(_unpanel(params, layout[0, REC_WEIGHTS], P, 4 * H),
+                                  weights["weight_hh_l0"].T)
+    np.testing.assert_array_equal(params[layout[0, BIAS]:][:4 * H],
                                   weights["bias_ih_l0"] + weights["bias_hh_l0"])
-    np.testing.assert_array_equal(block(0, PROJ_WEIGHTS, H, P), weights["weight_hr_l0"].T)
-    np.testing.assert_array_equal(block(1, IN_WEIGHTS, P, 2), weights["head.weight"].T)
+    np.testing.assert_array_equal(_unpanel(params, layout[0, PROJ_WEIGHTS], H, P),
+                                  weights["weight_hr_l0"].T)
+    np.testing.assert_array_equal(_unpanel(params, layout[1, IN_WEIGHTS], P, 2),
+                                  weights["head.weight"].T)
+    np.testing.assert_array_equal(params[layout[1, BIAS]:][:2], weights["head.bias"])
     assert list(sizes) == [H, P, 2, 1]
     with pytest.raises(ValueError, match="unidirectional"):
         StreamingNetwork(weights, NetworkShape(hidden_size=H, num_layers=1, bidirectional=True),
                          None, np.float64, True)
+
+
+def test_stream_call_slots_are_the_entrys():
+    from fastlstm._kernels import _stream_call, numba_stream
+
+    assert _stream_call.SLOTS == {name: getattr(numba_stream, name)
+                                  for name in _stream_call.SLOTS}
+
+
+def test_the_entries_count_as_cached_only_where_numbas_cache_holds_them(tmp_path, monkeypatch):
+    import numba
+
+    from fastlstm import _backends
+    from fastlstm._kernels import numba_stream
+
+    for dtype in (np.float32, np.float64):
+        numba_stream.entry_address(dtype)  # compiled, or loaded, and in the cache
+    assert numba_stream.entries_cached()
+    monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path))  # an empty cache
+    assert not numba_stream.entries_cached()
+    assert not _backends.numba_kernels_cached()
+
+
+def _wide_network(dtype, per_step=True):
+    X, y = data(True, False)
+    model = LSTMRegressor(dtype=dtype, **{**COMMON, **NETWORKS["wide-two-layers-projection"]})
+    model.fit(X, y)
+    return model._streaming_network() if per_step else StreamingNetwork(
+        model.weights_, model._network_shape(), model.scaler_, np.dtype(dtype), False)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("per_step", [True, False], ids=["per-step", "last"])
+def test_the_entry_gives_the_dispatchers_bits(dtype, per_step):
+    """StreamCall's native entry and numba's dispatcher run the same compiled kernel."""
+    from fastlstm._kernels.numba_stream import stream_forward
+
+    network = _wide_network(dtype, per_step)
+    X = np.random.default_rng(5).standard_normal((3, 4, 3)).astype(dtype) * 3
+    outputs, (h, c) = network.step(X, None)
+    outputs = outputs.copy()
+    shape = network.net_shape
+    h0 = np.zeros_like(h)
+    c0 = np.zeros_like(c)
+    expected = np.empty_like(outputs)
+    stream_forward(X, network.affine, network.params, network.layout, network.sizes, h0, c0,
+                   expected, np.empty(8 * shape.hidden_size + 3, dtype=dtype), per_step,
+                   shape.gate_kind, shape.state_kind)
+    np.testing.assert_array_equal(outputs, expected)
+    np.testing.assert_array_equal(h, h0)
+    np.testing.assert_array_equal(c, c0)
+    assert np.abs(outputs).max() > 0 and np.abs(h).max() > 0
+
+
+def test_step_declines_what_it_cannot_run_and_writes_nothing():
+    network = _wide_network("float32")
+    X = np.ones((2, 1, 3), dtype=np.float32)
+    _, state = network.step(X, None)
+    h, c = (a.copy() for a in state)
+    declined = {
+        "nested lists": ([[[1.0, 2.0, 3.0]]], state),
+        "integers": (np.ones((2, 1, 3), dtype=np.int64), state),
+        "4 features": (np.ones((2, 1, 4), dtype=np.float32), state),
+        "no steps": (np.ones((2, 0, 3), dtype=np.float32), state),
+        "NaN": (np.full((2, 1, 3), np.nan, dtype=np.float32), state),
+        "infinity": (np.full((2, 1, 3), np.inf), state),
+        "state for 2 sequences": (np.ones((1, 1, 3), dtype=np.float32), state),
+        "float64 state": (X, tuple(a.astype(np.float64) for a in state)),
+        "strided state": (X, (np.repeat(state[0], 2, axis=2)[:, :, ::2], state[1])),
+        "read-only state": (X, (np.frombuffer(state[0].tobytes(), dtype=np.float32)
+                                .reshape(state[0].shape), state[1])),
+        "one array": (X, state[0]),
+    }
+    for name, (X_bad, state_bad) in declined.items():
+        assert network.step(X_bad, state_bad) is None, name
+        np.testing.assert_array_equal(state[0], h, err_msg=name)
+        np.testing.assert_array_equal(state[1], c, err_msg=name)
+    # What it takes: another float dtype, a strided view (converted copies).
+    wide = np.ones((2, 1, 6))[:, :, ::2]
+    assert network.step(wide, state) is not None
+    assert not np.array_equal(state[0], h)

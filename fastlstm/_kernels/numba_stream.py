@@ -8,23 +8,35 @@ normalisation, every layer's cell step, the projection and the output
 layer, for each sequence and step, with the running states updated in place.
 
 Weights come pre-transposed in one flat buffer (see
-:func:`fastlstm._streaming.pack_stream_weights`): each layer's input and
-recurrent weights as (n_in, 4H) and (P, 4H): row-contiguous, as fastlstm's
-own float32 GEMM reads them; otherwise (float64, no AVX2) a gate vector
-is a sum of rows scaled by the input (``axpy``), which vectorises along the
-4H gates with no reduction. ``layout`` holds the offsets.
+:func:`fastlstm._streaming.pack_stream_weights`), each matrix (n_in, width)
+stored as panels of ``PANEL`` columns, one after the other, each panel's
+rows contiguous. A step reads every weight once (W4: 256 kB of recurrent
+weights, from L2), and a panel is one sequential stream the prefetchers
+follow, where a row-major matrix makes a 64-column tile jump 4 * width bytes
+from row to row: 1 x 128 by 128 x 512 on the AMD Zen 3 machine, 3.1-3.3 us in
+64-column panels against 3.9-4.2 us row-major. In float32 each panel is
+one call of fastlstm's own GEMM, whose one-row tiles keep eight sums in
+registers; otherwise (float64, no AVX2) the gate vector is a sum of panel
+rows scaled by the input (``axpy``), which vectorises along the columns
+with no reduction. ``layout`` holds the offsets.
 
 The arithmetic follows ``numba_lstm.lstm_forward``: gate pre-activation =
 input part + (recurrent part + bias), the same activation functions and
 the same cell update, so predictions agree with the general path to
 rounding (summation order of the matrix-vector products).
+
+The end of the file has the kernel's native entry, which
+``_stream_call.StreamCall`` calls without numba's dispatcher.
 """
 
+import threading
+
 import numpy as np
-from numba import njit
+from numba import carray, cfunc, njit, types
+from numba.core.caching import FunctionCache
 
 from ._activations import gate_activation, state_activation
-from .numba_lstm import _own_gemm
+from .numba_lstm import _address_to_pointer, _own_sgemm, _u
 
 _JIT = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
 
@@ -33,40 +45,55 @@ _JIT = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
 IN_WEIGHTS, REC_WEIGHTS, BIAS, PROJ_WEIGHTS = 0, 1, 2, 3
 LAYOUT_COLUMNS = 4
 
+# Columns per weight panel: the width of the own GEMM's widest one-row tile
+# (4 x 16 floats with AVX-512, 8 x 8 with AVX2).
+PANEL = 64
+
+
+def panel_layout(matrix):
+    """``matrix`` (n_in, width) as its panels of ``PANEL`` columns, flattened.
+
+    Parameters
+    ----------
+    matrix : ndarray of shape (n_in, width)
+
+    Returns
+    -------
+    flat : ndarray of shape (n_in * width,)
+        Panel p holds columns ``[p * PANEL, min((p + 1) * PANEL, width))``,
+        row by row, and starts at ``p * PANEL * n_in``.
+    """
+    width = matrix.shape[1]
+    return np.concatenate([np.ascontiguousarray(matrix[:, start:start + PANEL]).ravel()
+                           for start in range(0, width, PANEL)])
+
 
 @njit(**_JIT)
-def _matvec_add(params, offset, n_in, width, vector, acc):
-    """acc[:width] += vector[:n_in] @ params[offset:].reshape(n_in, width)."""
-    matrix = params[offset:offset + n_in * width].reshape((n_in, width))
-    # In float32, fastlstm's own GEMM where it runs: its one-row tiles keep
-    # eight independent sums in registers, where the loop below reloads and
-    # stores acc for every k (128 x 512: 2.0 against 2.5 us; a whole W4 step
-    # 3.4 against 5.1 us, measured in one process).
-    if _own_gemm(vector[:n_in].reshape((1, n_in)), matrix, acc[:width].reshape((1, width)),
-                 True):
-        return
-    # Row views rather than params[offset + k * width + j]: numba's indexing
-    # with a computed index checks for negative wraparound, which keeps
-    # LLVM from vectorising (10x slower here).
-    for k in range(n_in):
-        value = vector[k]
-        row = matrix[k]
-        for j in range(width):
-            acc[j] += row[j] * value
+def _matvec_add(params, offset, n_in, width, vector, vector_start, acc, acc_start):
+    """``acc[acc_start:][:width] += vector[vector_start:][:n_in] @ M``.
 
-
-# Without fastmath, and called on its own (not from stream_forward): fastmath
-# assumes no NaN and no infinity, which folds this check to True, even when
-# inlined into a fastmath function.
-@njit(nogil=True, cache=True)
-def all_finite(X):
-    """Whether every value of the 3-D array X is finite."""
-    for i in range(X.shape[0]):
-        for t in range(X.shape[1]):
-            for k in range(X.shape[2]):
-                if not np.isfinite(X[i, t, k]):
-                    return False
-    return True
+    ``M`` (n_in, width) is stored at ``params[offset:]`` in panels (see
+    :func:`panel_layout`). The arrays are 1-D and contiguous; offsets rather
+    than views, because each view numba makes takes and drops a reference
+    on its array (two atomic operations), and a step makes dozens.
+    """
+    size = params.itemsize
+    for start in range(0, width, PANEL):
+        n = min(PANEL, width - start)
+        panel = offset + start * n_in
+        if size == 4 and _own_sgemm(
+                1, n, n_in, vector.ctypes.data + vector_start * size, n_in, 1,
+                params.ctypes.data + panel * size, n, 1,
+                acc.ctypes.data + (acc_start + start) * size, width) == 0:
+            continue
+        # Unsigned indices: numba checks a signed computed index for negative
+        # wraparound, which keeps LLVM from vectorising (10x slower here).
+        column = _u(acc_start + start)
+        for k in range(n_in):
+            value = vector[_u(vector_start + k)]
+            row = _u(panel + k * n)
+            for j in range(_u(n)):
+                acc[column + j] += params[row + j] * value
 
 
 @njit(**_JIT)
@@ -77,13 +104,13 @@ def stream_forward(X, affine, params, layout, sizes, h, c, out, work, per_step,
     Parameters
     ----------
     X : ndarray of shape (B, T, I)
-        IN. T new steps of each of B sequences (model dtype).
+        IN. T new steps of each of B sequences (model dtype), finite.
     affine : ndarray of shape (3, I), float64, or (0, I)
         IN. Input normalisation ``(x - affine[0]) / affine[1] + affine[2]``,
         computed in float64 as :class:`fastlstm.SequenceScaler` does; no
         normalisation with 0 rows.
     params : ndarray of shape (n,)
-        IN. Pre-transposed weights (see the module docstring).
+        IN. Pre-transposed weights in panels (see the module docstring).
     layout : ndarray of shape (L + 1, LAYOUT_COLUMNS), int64
         IN. Offsets in ``params``; PROJ_WEIGHTS is -1 without projection.
     sizes : ndarray of shape (4,), int64
@@ -95,70 +122,164 @@ def stream_forward(X, affine, params, layout, sizes, h, c, out, work, per_step,
         IN/OUT. Cell state.
     out : ndarray of shape (B, T or 1, n_outputs)
         OUT. Output layer at every step (``per_step``) or at the last one.
-    work : ndarray of shape (8H + max(I, P) + H,)
+    work : ndarray of shape (8H + I,)
         Workspace.
     per_step : bool
     gate_kind, state_kind : int
 
-    X must be finite (see :func:`all_finite`).
+    Every array is C-contiguous.
     """
     hidden, state, n_outputs, n_layers = sizes[0], sizes[1], sizes[2], sizes[3]
-    n_inputs = X.shape[2]
+    n_sequences, n_steps, n_inputs = X.shape[0], X.shape[1], X.shape[2]
     width = 4 * hidden
-    n_in_max = max(n_inputs, state)
-    gates = work[:width]
-    input_part = work[width:2 * width]
-    layer_in = work[2 * width:2 * width + n_in_max]
-    m = work[2 * width + n_in_max:2 * width + n_in_max + hidden]
+    x_flat, h_flat, c_flat = X.reshape(-1), h.reshape(-1), c.reshape(-1)
+    out_flat = out.reshape(-1)
+    # work: recurrent part (then gates) | input part (then the new hidden
+    # values, o * act(c), before any projection) | the normalised input.
+    # Indices into the arrays are unsigned (``_u``) and so is every term
+    # added to them: numba types int64 + uint64 as float64.
+    gates, input_part, layer_in = 0, width, 2 * width
     normalise = affine.shape[0] == 3
-    head = layout[n_layers]
-    for b in range(X.shape[0]):
-        for t in range(X.shape[1]):
-            for k in range(n_inputs):
+    i0, f0, g0, o0 = _u(gates), _u(gates + hidden), _u(gates + 2 * hidden), _u(gates + 3 * hidden)
+    m0, x0, width_u = _u(input_part), _u(layer_in), _u(width)
+    for b in range(n_sequences):
+        for t in range(n_steps):
+            x_row = _u((b * n_steps + t) * n_inputs)
+            for k in range(_u(n_inputs)):
                 if normalise:
-                    value = (np.float64(X[b, t, k]) - affine[0, k]) / affine[1, k] + affine[2, k]
-                    layer_in[k] = value
+                    value = (np.float64(x_flat[x_row + k]) - affine[0, k]) / affine[1, k] \
+                        + affine[2, k]
+                    work[x0 + k] = value
                 else:
-                    layer_in[k] = X[b, t, k]
-            n_in = n_inputs
+                    work[x0 + k] = x_flat[x_row + k]
+            vector, vector_start, n_in = work, layer_in, n_inputs
             for layer in range(n_layers):
-                offsets = layout[layer]
-                h_row = h[layer, b]
-                c_row = c[layer, b]
-                gates[:] = 0
-                input_part[:] = 0
-                _matvec_add(params, offsets[REC_WEIGHTS], state, width, h_row, gates)
-                _matvec_add(params, offsets[IN_WEIGHTS], n_in, width, layer_in, input_part)
-                bias = params[offsets[BIAS]:offsets[BIAS] + width]
-                # input + (recurrent + bias), the general kernel's order.
-                for j in range(width):
-                    gates[j] = input_part[j] + (gates[j] + bias[j])
-                # Views from 0, as in numba_lstm, so that the loops vectorise.
-                i_gate, f_gate = gates[:hidden], gates[hidden:2 * hidden]
-                g_gate, o_gate = gates[2 * hidden:3 * hidden], gates[3 * hidden:width]
-                for j in range(hidden):
-                    i_gate[j] = gate_activation(i_gate[j], gate_kind)
-                for j in range(hidden):
-                    f_gate[j] = gate_activation(f_gate[j], gate_kind)
-                for j in range(hidden):
-                    g_gate[j] = state_activation(g_gate[j], state_kind)
-                for j in range(hidden):
-                    o_gate[j] = gate_activation(o_gate[j], gate_kind)
-                for j in range(hidden):
-                    c_new = f_gate[j] * c_row[j] + i_gate[j] * g_gate[j]
-                    c_row[j] = c_new
-                    m[j] = o_gate[j] * state_activation(c_new, state_kind)
-                if offsets[PROJ_WEIGHTS] >= 0:
-                    h_row[:] = 0
-                    _matvec_add(params, offsets[PROJ_WEIGHTS], hidden, state, m, h_row)
+                h_row = (layer * n_sequences + b) * state
+                c_row = _u((layer * n_sequences + b) * hidden)
+                work[:2 * width] = 0
+                _matvec_add(params, layout[layer, REC_WEIGHTS], state, width, h_flat, h_row,
+                            work, gates)
+                _matvec_add(params, layout[layer, IN_WEIGHTS], n_in, width, vector,
+                            vector_start, work, input_part)
+                bias = _u(layout[layer, BIAS])
+                # input + (recurrent + bias), the general kernel's order; then
+                # each gate's activation, in loops that vectorise.
+                for j in range(width_u):
+                    work[j] = work[width_u + j] + (work[j] + params[bias + j])
+                for j in range(_u(hidden)):
+                    work[i0 + j] = gate_activation(work[i0 + j], gate_kind)
+                for j in range(_u(hidden)):
+                    work[f0 + j] = gate_activation(work[f0 + j], gate_kind)
+                for j in range(_u(hidden)):
+                    work[g0 + j] = state_activation(work[g0 + j], state_kind)
+                for j in range(_u(hidden)):
+                    work[o0 + j] = gate_activation(work[o0 + j], gate_kind)
+                for j in range(_u(hidden)):
+                    c_new = work[f0 + j] * c_flat[c_row + j] + work[i0 + j] * work[g0 + j]
+                    c_flat[c_row + j] = c_new
+                    work[m0 + j] = work[o0 + j] * state_activation(c_new, state_kind)
+                projection = layout[layer, PROJ_WEIGHTS]
+                if projection >= 0:
+                    h_flat[h_row:h_row + state] = 0
+                    _matvec_add(params, projection, hidden, state, work, input_part,
+                                h_flat, h_row)
                 else:
-                    h_row[:] = m
-                layer_in[:state] = h_row
-                n_in = state
-            if per_step or t == X.shape[1] - 1:
-                row = out[b, t if per_step else 0]
-                row[:] = 0
-                _matvec_add(params, head[IN_WEIGHTS], state, n_outputs, layer_in, row)
-                head_bias = params[head[BIAS]:head[BIAS] + n_outputs]
-                for j in range(n_outputs):
-                    row[j] += head_bias[j]
+                    for j in range(_u(hidden)):
+                        h_flat[_u(h_row) + j] = work[m0 + j]
+                vector, vector_start, n_in = h_flat, h_row, state
+            if per_step or t == n_steps - 1:
+                row = (b * out.shape[1] + (t if per_step else 0)) * n_outputs
+                head_bias = _u(layout[n_layers, BIAS])
+                for j in range(_u(n_outputs)):
+                    out_flat[_u(row) + j] = 0
+                _matvec_add(params, layout[n_layers, IN_WEIGHTS], state, n_outputs, vector,
+                            vector_start, out_flat, row)
+                for j in range(_u(n_outputs)):
+                    out_flat[_u(row) + j] += params[head_bias + j]
+
+
+# Native entry ---------------------------------------------------------------
+# Called through numba's dispatcher, ``stream_forward`` costs about 2 us per
+# call before it starts (typing its 12 arguments, on the Zen 3 machine), a
+# fifth of a W4 step. ``_stream_call.StreamCall`` instead calls the C
+# function below with the arguments' addresses and sizes in one int64 block
+# (slots ``SLOT_*``); it rebuilds the arrays and runs the same compiled
+# kernel. As ``numba_lstm``'s entries, it lives in this file so that numba's
+# cache, keyed by this file's source, recompiles it with the kernel.
+
+(SLOT_X, SLOT_B, SLOT_T, SLOT_I, SLOT_AFFINE, SLOT_AFFINE_ROWS, SLOT_PARAMS, SLOT_PARAMS_SIZE,
+ SLOT_LAYOUT, SLOT_SIZES, SLOT_H, SLOT_C, SLOT_OUT, SLOT_OUT_STEPS, SLOT_WORK, SLOT_WORK_SIZE,
+ SLOT_PER_STEP, SLOT_GATE_KIND, SLOT_STATE_KIND) = range(19)
+N_SLOTS = 19
+
+
+@njit(inline="always")
+def _array(block, slot, shape, dtype):
+    return carray(_address_to_pointer(block[slot]), shape, dtype)
+
+
+@njit(inline="always")
+def _run_entry(block, dtype):
+    n_sequences, n_inputs = block[SLOT_B], block[SLOT_I]
+    sizes = _array(block, SLOT_SIZES, (4,), np.int64)
+    hidden, state, n_outputs, n_layers = sizes[0], sizes[1], sizes[2], sizes[3]
+    stream_forward(
+        _array(block, SLOT_X, (n_sequences, block[SLOT_T], n_inputs), dtype),
+        _array(block, SLOT_AFFINE, (block[SLOT_AFFINE_ROWS], n_inputs), np.float64),
+        _array(block, SLOT_PARAMS, (block[SLOT_PARAMS_SIZE],), dtype),
+        _array(block, SLOT_LAYOUT, (n_layers + 1, LAYOUT_COLUMNS), np.int64),
+        sizes,
+        _array(block, SLOT_H, (n_layers, n_sequences, state), dtype),
+        _array(block, SLOT_C, (n_layers, n_sequences, hidden), dtype),
+        _array(block, SLOT_OUT, (n_sequences, block[SLOT_OUT_STEPS], n_outputs), dtype),
+        _array(block, SLOT_WORK, (block[SLOT_WORK_SIZE],), dtype),
+        block[SLOT_PER_STEP] != 0, block[SLOT_GATE_KIND], block[SLOT_STATE_KIND])
+
+
+_F32, _F64 = np.float32, np.float64
+
+
+def _entry_float32(block):
+    """:func:`stream_forward` on the float32 arguments in ``block``."""
+    _run_entry(block, _F32)
+
+
+def _entry_float64(block):
+    """:func:`stream_forward` on the float64 arguments in ``block``."""
+    _run_entry(block, _F64)
+
+
+_ENTRIES = {np.dtype(np.float32): _entry_float32, np.dtype(np.float64): _entry_float64}
+_SIGNATURE = types.void(types.CPointer(types.int64))
+_compiled = {}
+_compile_lock = threading.Lock()
+
+
+def entry_address(dtype):
+    """The address of the entry for ``dtype`` (float32 or float64).
+
+    Compiled, or loaded from numba's on-disk cache, on the first call for a
+    dtype; the compiled function lives as long as the process.
+    """
+    dtype = np.dtype(dtype)
+    with _compile_lock:
+        if dtype not in _compiled:
+            # Decorated here, not where defined, so that importing this module
+            # compiles nothing. The CFunc object is kept: its code lives as
+            # long as it does.
+            entry = cfunc(_SIGNATURE, nopython=True, cache=True)(_ENTRIES[dtype])
+            _compiled[dtype] = entry, entry.address
+    return _compiled[dtype][1]
+
+
+def entries_cached():
+    """Whether numba's on-disk cache holds both entries (compiles nothing).
+
+    Numba internals, as ``numba_lstm.entries_cached``: any surprise reads
+    as "not cached".
+    """
+    try:
+        return all(bool(FunctionCache(function)._cache_file._load_index())
+                   for function in _ENTRIES.values())
+    except Exception:  # noqa: BLE001 - internals of another numba version
+        return False

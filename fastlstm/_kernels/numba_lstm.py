@@ -29,13 +29,9 @@ The end of the file has the kernels' native entries: C functions that run
 them on packed arguments, without the GIL (see "Native entries").
 """
 
-import threading
-
 import llvmlite.binding
 import numpy as np
-from numba import carray, cfunc, njit, types
-from numba.core.caching import FunctionCache
-from numba.extending import intrinsic
+from numba import carray, njit, types
 
 from . import _gemm
 from ._activations import (
@@ -47,6 +43,7 @@ from ._activations import (
     state_activation,
     state_derivative,
 )
+from ._entries import EntryTable, address_to_pointer
 
 # fastmath lets LLVM vectorise the gate loops; error_model="numpy" removes the
 # division-by-zero checks that would otherwise block SIMD in act_tanh. Both
@@ -478,23 +475,15 @@ def lstm_backward(
 # or loads them from the cache, on first use.
 
 
-@intrinsic
-def _address_to_pointer(typingctx, address):
-    """The int64 ``address`` as a ``void *``."""
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(types.voidptr))
-    return types.voidptr(types.int64), codegen
-
-
 # Argument i occupies block[3 i : 3 i + 3] (see _kernel_arguments).
 @njit(inline="always")
 def _matrix(block, i, dtype):
-    return carray(_address_to_pointer(block[3 * i]), (block[3 * i + 1], block[3 * i + 2]), dtype)
+    return carray(address_to_pointer(block[3 * i]), (block[3 * i + 1], block[3 * i + 2]), dtype)
 
 
 @njit(inline="always")
 def _vector(block, i, dtype):
-    return carray(_address_to_pointer(block[3 * i]), (block[3 * i + 1],), dtype)
+    return carray(address_to_pointer(block[3 * i]), (block[3 * i + 1],), dtype)
 
 
 _F32 = np.float32
@@ -529,41 +518,19 @@ def _backward_float32(block):
                   m(block, 25, _F32), m(block, 26, _F32), m(block, 27, _F32), m(block, 28, _F32))
 
 
-# dtype -> the Python functions of its (forward, backward) entries.
-_ENTRIES = {np.dtype(np.float32): (_forward_float32, _backward_float32)}
-_SIGNATURE = types.void(types.CPointer(types.int64))
-_compiled = {}
-_compile_lock = threading.Lock()
+# dtype -> its (forward, backward) entries.
+_ENTRIES = EntryTable({np.float32: (_forward_float32, _backward_float32)})
 
 
 def entry_addresses(dtype):
     """The addresses of the (forward, backward) entries for ``dtype``, or None.
 
     Compiled, or loaded from numba's on-disk cache, on the first call for a
-    dtype; the compiled functions live as long as the process.
+    dtype (see :class:`fastlstm._kernels._entries.EntryTable`).
     """
-    dtype = np.dtype(dtype)
-    if dtype not in _ENTRIES:
-        return None
-    with _compile_lock:
-        if dtype not in _compiled:
-            # Decorated here, not where defined, so that importing this
-            # module compiles nothing. The CFunc objects are kept: their
-            # code lives as long as they do.
-            entries = [cfunc(_SIGNATURE, nopython=True, cache=True)(function)
-                       for function in _ENTRIES[dtype]]
-            _compiled[dtype] = entries, tuple(entry.address for entry in entries)
-    return _compiled[dtype][1]
+    return _ENTRIES.addresses(dtype)
 
 
 def entries_cached():
-    """Whether numba's on-disk cache holds every entry (compiles nothing).
-
-    Reads the cache index as ``_backends.numba_kernels_cached`` does for the
-    kernels: numba internals, so any surprise reads as "not cached".
-    """
-    try:
-        return all(bool(FunctionCache(function)._cache_file._load_index())
-                   for functions in _ENTRIES.values() for function in functions)
-    except Exception:  # noqa: BLE001 - internals of another numba version
-        return False
+    """Whether numba's on-disk cache holds every entry (compiles nothing)."""
+    return _ENTRIES.cached()

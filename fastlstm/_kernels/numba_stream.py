@@ -29,14 +29,12 @@ The end of the file has the kernel's native entry, which
 ``_stream_call.StreamCall`` calls without numba's dispatcher.
 """
 
-import threading
-
 import numpy as np
-from numba import carray, cfunc, njit, types
-from numba.core.caching import FunctionCache
+from numba import carray, njit
 
 from ._activations import gate_activation, state_activation
-from .numba_lstm import _address_to_pointer, _own_sgemm, _u
+from ._entries import EntryTable, address_to_pointer
+from .numba_lstm import _own_sgemm, _u
 
 _JIT = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
 
@@ -215,7 +213,7 @@ N_SLOTS = 19
 
 @njit(inline="always")
 def _array(block, slot, shape, dtype):
-    return carray(_address_to_pointer(block[slot]), shape, dtype)
+    return carray(address_to_pointer(block[slot]), shape, dtype)
 
 
 @njit(inline="always")
@@ -249,37 +247,18 @@ def _entry_float64(block):
     _run_entry(block, _F64)
 
 
-_ENTRIES = {np.dtype(np.float32): _entry_float32, np.dtype(np.float64): _entry_float64}
-_SIGNATURE = types.void(types.CPointer(types.int64))
-_compiled = {}
-_compile_lock = threading.Lock()
+_ENTRIES = EntryTable({np.float32: (_entry_float32,), np.float64: (_entry_float64,)})
 
 
 def entry_address(dtype):
     """The address of the entry for ``dtype`` (float32 or float64).
 
     Compiled, or loaded from numba's on-disk cache, on the first call for a
-    dtype; the compiled function lives as long as the process.
+    dtype (see :class:`fastlstm._kernels._entries.EntryTable`).
     """
-    dtype = np.dtype(dtype)
-    with _compile_lock:
-        if dtype not in _compiled:
-            # Decorated here, not where defined, so that importing this module
-            # compiles nothing. The CFunc object is kept: its code lives as
-            # long as it does.
-            entry = cfunc(_SIGNATURE, nopython=True, cache=True)(_ENTRIES[dtype])
-            _compiled[dtype] = entry, entry.address
-    return _compiled[dtype][1]
+    return _ENTRIES.addresses(dtype)[0]
 
 
 def entries_cached():
-    """Whether numba's on-disk cache holds both entries (compiles nothing).
-
-    Numba internals, as ``numba_lstm.entries_cached``: any surprise reads
-    as "not cached".
-    """
-    try:
-        return all(bool(FunctionCache(function)._cache_file._load_index())
-                   for function in _ENTRIES.values())
-    except Exception:  # noqa: BLE001 - internals of another numba version
-        return False
+    """Whether numba's on-disk cache holds both entries (compiles nothing)."""
+    return _ENTRIES.cached()

@@ -376,3 +376,33 @@ def test_step_declines_what_it_cannot_run_and_writes_nothing():
     wide = np.ones((2, 1, 6))[:, :, ::2]
     assert network.step(wide, state) is not None
     assert not np.array_equal(state[0], h)
+
+
+def test_stream_call_refuses_arrays_its_entry_cannot_read():
+    from fastlstm._kernels._stream_call import StreamCall
+    from fastlstm._kernels.numba_stream import entry_address
+
+    network = _wide_network("float32")
+    call = network._call  # built from these arrays: they fit
+    assert call is not None
+    good = dict(entry=entry_address(np.float32), params=network.params, layout=network.layout,
+                sizes=network.sizes, affine=network.affine,
+                work=np.empty(8 * 40 + 3, dtype=np.float32))
+    StreamCall(*good.values(), True, 0, 0)
+    bad = {
+        "entry": (0, "address"),
+        "params": (network.params.astype(np.int32), "float32 or float64"),
+        "sizes": (network.sizes[:3], "4 entries"),
+        "layout": (network.layout[:1], "rows"),
+        "affine": (np.zeros((2, 3)), "0 or 3 rows"),
+        "work": (np.empty(8 * 40 + 2, dtype=np.float32), "hold"),
+    }
+    for name, (value, message) in bad.items():
+        with pytest.raises((ValueError, TypeError), match=message):
+            StreamCall(*{**good, name: value}.values(), True, 0, 0)
+    with pytest.raises(TypeError, match="NumPy array"):
+        StreamCall(*{**good, "params": list(network.params)}.values(), True, 0, 0)
+    with pytest.raises(ValueError, match="2-D"):
+        StreamCall(*{**good, "layout": network.layout.ravel()}.values(), True, 0, 0)
+    with pytest.raises(ValueError, match="float32"):
+        StreamCall(*{**good, "work": np.empty(8 * 40 + 3)}.values(), True, 0, 0)

@@ -68,18 +68,23 @@
 /* -1: not decided yet; else one of FASTLSTM_ISA_*. */
 static int fastlstm_gemm_state = -1;
 
-/* The best instruction set this CPU (and its OS) can run the kernel with. */
+/* The best instruction set this CPU (and its OS) can run the kernel with,
+ * found once: every transpose asks (two per forward kernel call). */
 static int fastlstm_gemm_cpu_supported(void)
 {
+    static int supported = -1;
+    if (supported >= 0)
+        return supported;
+    supported = FASTLSTM_ISA_NONE;
 #if FASTLSTM_HAVE_SIMD_CODE
     /* Also checks that the OS saves the 256- and 512-bit registers (XCR0). */
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f"))
-        return FASTLSTM_ISA_AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return FASTLSTM_ISA_AVX2;
+        supported = FASTLSTM_ISA_AVX512;
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        supported = FASTLSTM_ISA_AVX2;
 #endif
-    return FASTLSTM_ISA_NONE;
+    return supported;
 }
 
 /* The instruction set products use now (FASTLSTM_ISA_NONE: BLAS). */
@@ -529,18 +534,16 @@ static int fastlstm_transpose_isa(int isa, ptrdiff_t m, ptrdiff_t n, const float
 static int fastlstm_transpose(ptrdiff_t m, ptrdiff_t n, const float *a, ptrdiff_t lda,
                               float *out, ptrdiff_t ldo)
 {
-    static int isa = -1;
-    if (isa < 0)
-        isa = fastlstm_gemm_cpu_supported();
-    return fastlstm_transpose_isa(isa, m, n, a, lda, out, ldo);
+    return fastlstm_transpose_isa(fastlstm_gemm_cpu_supported(), m, n, a, lda, out, ldo);
 }
 
 /* A product with A transposed (dR = dG^T Hprev, dW = dG^T X) and a narrow
  * C whose width is not a multiple of the panel width (32 columns with
  * AVX-512, 16 with AVX2: hidden 100, a dozen input features) wastes lanes
- * on its last panel of columns, for every one of its many rows: W1's 400 x 100 and 400 x 12 weight gradients run at 60-90 % of
- * the speed of the swapped product C^T = B^T A^T (100 x 400, 12 x 400: wide
- * rows, A^T's rows contiguous), transposed into C after. Each element is
+ * on its last panel of columns, for every one of its many rows: W1's
+ * 400 x 100 and 400 x 12 weight gradients run at 60-90 % of the speed of
+ * the swapped product C^T = B^T A^T (100 x 400, 12 x 400: wide rows, A^T's
+ * rows contiguous), transposed into C after. Each element is
  * the same sum in the same order either way (p ascending, the same blocks
  * of KC), so C's bits do not change. Measured, with the transpose: 1.10x
  * (400 x 100, k 540), 1.48x (400 x 12), 1.07-1.10x (256 x 28), 1.15x

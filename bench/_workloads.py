@@ -172,7 +172,8 @@ class FastlstmTrainStep:
         from fastlstm._trainer import compute_environment
 
         self._stack = ExitStack()
-        self.executor = self._stack.enter_context(compute_environment(self.options.n_threads))
+        self.executor = self._stack.enter_context(
+            compute_environment(self.options.n_threads, fit=True))
         return self
 
     def __exit__(self, *exc):

@@ -12,6 +12,13 @@ has not answered within ``spin_ns``: 12 us per phase on the same
 measurement. The spinning is bounded, so an idle pool sleeps and a busy
 machine loses at most ``spin_ns`` of a core per hand-off.
 
+A fit raises the spin for its whole length (:meth:`SpinPool.spinning`): the
+Python between two phases of a training step (loss, clipping, optimiser, the
+next batch) can outlast the default spin, and a worker that has gone to
+sleep costs more than its wake-up's latency: on a virtual machine its idle
+virtual CPU is given up to the host, and the phase it is woken for starts
+late and runs slow.
+
 A phase is either Python tasks (:meth:`SpinPool.run`), which a worker runs
 with the GIL, or a native job (:meth:`SpinPool.run_job`): C calls that a
 spinning worker makes from its loop in ``_spin.serve``, never taking the
@@ -24,6 +31,7 @@ import _thread
 import itertools
 import threading
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -47,6 +55,14 @@ from ._spin import (
 # network's training step (0.1-0.3 ms), short enough not to matter on a busy
 # core.
 SPIN_NS = 300_000
+# How long they spin between the phases of a fit (see SpinPool.spinning), as
+# long as PyTorch's OpenMP threads spin after their work. Measured on the
+# project machine (fresh processes, four alternations against SPIN_NS):
+# Japanese Vowels fits of 100 epochs 4.91-5.55 -> 3.80-4.12 s, W1 training
+# steps 4.72-6.36 -> 3.72-4.67 ms, W2 4.25-4.76 -> 3.45-3.89 ms; with 2 ms,
+# fits of 3.8-4.7 s. With the other core busy the pool stops spinning
+# anyway (_note_core_share): no change there.
+FIT_SPIN_NS = 10_000_000
 # Tasks of at least this long that got less than this share of a core tell
 # that their thread shares the core with another process; when many do, the
 # pool stops spinning, then runs phases on one thread, for a while (see
@@ -90,7 +106,12 @@ class SpinPool:
     def __init__(self, n_workers, initializer=None, *, spin_ns=SPIN_NS, settle_ns=SETTLE_NS):
         self.n_workers = n_workers
         self._initializer = initializer
-        self._spin_ns = spin_ns
+        # The spin budget, read by _spin.serve too: spin_ns, or the largest
+        # budget asked for by a caller of spinning().
+        self._spin_ns = np.array([spin_ns], dtype=np.int64)
+        self._base_spin_ns = spin_ns
+        self._raised_spins = []
+        self._raised_spins_lock = threading.Lock()
         self._settle_ns = settle_ns
         # Per worker: the phase it is asked to run (go), the last phase it
         # finished (done), and 1 while the worker, or the caller waiting for
@@ -126,6 +147,25 @@ class SpinPool:
         for worker in range(n_workers):
             threading.Thread(target=self._serve, args=(worker,), name=f"fastlstm-{worker}",
                              daemon=True).start()
+
+    @contextmanager
+    def spinning(self, spin_ns):
+        """Spin up to ``spin_ns`` (if longer than the pool's own) while in the context.
+
+        For a fit: its phases come one after the other for its whole length,
+        and a worker that sleeps between two of them costs that phase more
+        than its wake-up (see the module docstring). Contexts may overlap
+        (fits in several threads): the longest budget asked for applies.
+        """
+        with self._raised_spins_lock:
+            self._raised_spins.append(spin_ns)
+            store(self._spin_ns, 0, max(self._raised_spins + [self._base_spin_ns]))
+        try:
+            yield self
+        finally:
+            with self._raised_spins_lock:
+                self._raised_spins.remove(spin_ns)
+                store(self._spin_ns, 0, max(self._raised_spins + [self._base_spin_ns]))
 
     def run(self, function, tasks):
         """Call ``function(*task)`` for every task and return when all are done.
@@ -323,7 +363,7 @@ class SpinPool:
     def _spin_budget(self):
         if now_ns() < load(self._no_spin_until, 0):
             return 0
-        return self._spin_ns
+        return load(self._spin_ns, 0)
 
     def _wait(self, flags, sleeping, wakeups, worker, target, *, spin=True):
         """Return once ``flags[worker] >= target``: spin first, then sleep.

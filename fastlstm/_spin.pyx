@@ -219,7 +219,7 @@ def run_job(int64_t[::1] job):
 
 def serve(int64_t[::1] go, int64_t[::1] done, int64_t[::1] caller_sleeps, Py_ssize_t worker,
           int64_t phase, bint report, int64_t[::1] job_address, int64_t[:, ::1] job_times,
-          int64_t[::1] no_spin_until, int64_t spin_ns, int64_t settle_ns):
+          int64_t[::1] no_spin_until, int64_t[::1] spin_ns, int64_t settle_ns):
     """A worker's loop for as long as its phases are native jobs; without the GIL.
 
     Repeats: report ``phase`` done (``done[worker] = phase``; skipped the
@@ -230,9 +230,11 @@ def serve(int64_t[::1] go, int64_t[::1] done, int64_t[::1] caller_sleeps, Py_ssi
     runs it with the GIL; ``job_address[0]`` is 0), when the spin timed out
     (``TIMED_OUT``: the worker goes to sleep), or when the caller, waiting
     for the reported phase, sleeps (``WAKE_WAITER``: the worker wakes it,
-    then calls again with ``report`` False). The spin budget is 0 while
-    ``no_spin_until[0]`` (a CLOCK_MONOTONIC time in ns) lies ahead, and a
-    Python job is given ``settle_ns`` (see :func:`signal_then_spin_until`).
+    then calls again with ``report`` False). The spin budget is
+    ``spin_ns[0]``, read anew before each wait (the pool raises it for the
+    length of a fit), or 0 while ``no_spin_until[0]`` (a CLOCK_MONOTONIC
+    time in ns) lies ahead; a Python job is given ``settle_ns`` (see
+    :func:`signal_then_spin_until`).
     """
     cdef int64_t *go_flag = &go[worker]
     cdef int64_t *done_flag = &done[worker]
@@ -250,7 +252,8 @@ def serve(int64_t[::1] go, int64_t[::1] done, int64_t[::1] caller_sleeps, Py_ssi
                     outcome = OUTCOME_WAKE_WAITER
                     break
             report = True
-            budget = 0 if fastlstm_now_ns() < fastlstm_load(&no_spin_until[0]) else spin_ns
+            budget = (0 if fastlstm_now_ns() < fastlstm_load(&no_spin_until[0])
+                      else fastlstm_load(&spin_ns[0]))
             if not _spin(go_flag, phase + 1, budget, 0):
                 outcome = OUTCOME_TIMED_OUT
                 break

@@ -33,7 +33,7 @@ from ._bucketing import length_sorted_batches, pack_batch, shard_orders, time_ch
 from ._fpenv import enable_flush_to_zero, restore
 from ._network import Workspace, network_backward, network_forward
 from ._optim import add_l2_regularization, clip_gradients, learning_rate_at, make_optimizer
-from ._pool import SpinPool
+from ._pool import FIT_SPIN_NS, SpinPool
 from ._weights import unflatten
 
 # Inference needs no gradients, so bigger batches only amortise overhead.
@@ -146,11 +146,12 @@ if hasattr(os, "register_at_fork"):
 
 
 @contextmanager
-def compute_environment(n_threads=1):
+def compute_environment(n_threads=1, *, fit=False):
     """The thread settings fastlstm computes under, restored on exit.
 
     Yields an executor for fastlstm's own parallel tasks (None with one
-    thread).
+    thread). With ``fit``, its workers spin between phases for up to
+    ``FIT_SPIN_NS`` rather than ``SPIN_NS`` (see ``_pool``).
 
     - BLAS runs single-threaded. The per-step GEMMs are small, and numba's
       ``np.dot`` uses SciPy's OpenBLAS while NumPy has its own: two pools of
@@ -165,7 +166,13 @@ def compute_environment(n_threads=1):
     previous = enable_flush_to_zero()
     try:
         with single_threaded_blas():
-            yield _executor(n_threads) if n_threads > 1 else None
+            if n_threads <= 1:
+                yield None
+            elif fit:
+                with _executor(n_threads).spinning(FIT_SPIN_NS) as executor:
+                    yield executor
+            else:
+                yield _executor(n_threads)
     finally:
         restore(previous)
 
@@ -460,7 +467,7 @@ class Trainer:
         if options.shuffle == "once":
             schedule = rng.permutation(schedule)
         epochs = EpochRecord(self, validate, log)
-        with compute_environment(options.n_threads) as executor:
+        with compute_environment(options.n_threads, fit=True) as executor:
             for _ in range(n_epochs):
                 epoch = self.epochs_done + 1
                 start = time.perf_counter()

@@ -289,3 +289,59 @@ def test_brief_competition_keeps_two_threads_and_lasting_competition_lengthens_t
     recover()
     assert starve(100)
     assert pool._serial_ns == 30_000_000
+
+
+def _worker_sleeps_within(pool, seconds):
+    """Whether the pool's worker goes to sleep within ``seconds``."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        if _spin.load(pool._worker_sleeps, 0):
+            return True
+        time.sleep(0.005)
+    return False
+
+
+@pytest.mark.skipif(not _spin.CAN_SPIN, reason="no atomics: workers never spin")
+def test_a_raised_spin_keeps_the_worker_up_between_phases_and_ends_with_its_context():
+    pool = SpinPool(1, spin_ns=1_000_000)
+    pool.run(lambda: None, [(), ()])
+    assert _worker_sleeps_within(pool, 5)
+    with pool.spinning(3 * 10**9) as same:
+        assert same is pool and pool._spin_budget() == 3 * 10**9
+        with pool.spinning(2_000_000):  # overlapping and shorter: the longest applies
+            assert pool._spin_budget() == 3 * 10**9
+        assert pool._spin_budget() == 3 * 10**9
+        pool.run(lambda: None, [(), ()])
+        assert not _worker_sleeps_within(pool, 0.3)
+    assert pool._spin_budget() == 1_000_000
+    # The next phase ends the long spin; after it the pool's own budget holds.
+    pool.run(lambda: None, [(), ()])
+    assert _worker_sleeps_within(pool, 5)
+    with pytest.raises(KeyError):
+        with pool.spinning(3 * 10**9):
+            raise KeyError("the budget is restored however the context ends")
+    assert pool._spin_budget() == 1_000_000
+
+
+def test_fit_raises_the_spin_and_prediction_does_not(monkeypatch):
+    from fastlstm import LSTMClassifier
+    from fastlstm._pool import FIT_SPIN_NS
+
+    asked = []
+    original = SpinPool.spinning
+
+    def spy(self, spin_ns):
+        asked.append(spin_ns)
+        return original(self, spin_ns)
+
+    monkeypatch.setattr(SpinPool, "spinning", spy)
+    rng = np.random.RandomState(0)
+    X = [rng.standard_normal((5, 2)) for _ in range(8)]
+    y = [0, 1] * 4
+    clf = LSTMClassifier(hidden_size=3, bidirectional=True, max_epochs=2, n_jobs=2,
+                         random_state=0).fit(X, y)
+    assert asked == [FIT_SPIN_NS]
+    clf.predict(X)
+    assert asked == [FIT_SPIN_NS]
+    LSTMClassifier(hidden_size=3, max_epochs=1, n_jobs=1, random_state=0).fit(X, y)
+    assert asked == [FIT_SPIN_NS]  # one thread: no pool

@@ -57,11 +57,15 @@ from ._spin import (
 SPIN_NS = 300_000
 # How long they spin between the phases of a fit (see SpinPool.spinning), as
 # long as PyTorch's OpenMP threads spin after their work. Measured on the
-# project machine (fresh processes, four alternations against SPIN_NS):
-# Japanese Vowels fits of 100 epochs 4.91-5.55 -> 3.80-4.12 s, W1 training
-# steps 4.72-6.36 -> 3.72-4.67 ms, W2 4.25-4.76 -> 3.45-3.89 ms; with 2 ms,
-# fits of 3.8-4.7 s. With the other core busy the pool stops spinning
-# anyway (_note_core_share): no change there.
+# project machine, in a Japanese Vowels fit of 100 epochs (2000 phases): the
+# worker was asleep when 918 phases started with SPIN_NS, 1 with this; the
+# caller waited for it 46 -> 13 us (median), 214 -> 126 us (mean). Fresh
+# processes alternated: against SPIN_NS patched in, four times, fits 4.91-5.55
+# -> 3.80-4.12 s, W1 training steps 4.72-6.36 -> 3.72-4.67 ms, W2 4.25-4.76
+# -> 3.45-3.89 ms; against the code before, six times, medians 3.95 -> 3.74 s,
+# 4.77 -> 4.49 ms, 4.02 -> 3.33 ms (the machine's noise is as large as the
+# gain). With the other core busy the pool stops spinning anyway
+# (_note_core_share): no change there.
 FIT_SPIN_NS = 10_000_000
 # Tasks of at least this long that got less than this share of a core tell
 # that their thread shares the core with another process; when many do, the

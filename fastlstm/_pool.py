@@ -51,10 +51,15 @@ from ._spin import (
 )
 
 # How long a thread spins for its partner before it sleeps: longer than the
-# output layer, loss and optimiser step that separate two phases of a small
-# network's training step (0.1-0.3 ms), short enough not to matter on a busy
-# core.
-SPIN_NS = 300_000
+# Python between two back-to-back predictions' phases (0.3-1 ms, checking,
+# packing, output layer), short enough to cost little where the calls are
+# far apart (a busy core stops the spinning anyway, see _note_core_share).
+# Measured on the project machine, W1 predictions in blocks of 15 calls
+# alternated in one process, medians with 0.3 / 1 / 3 / 10 ms:
+# network_outputs 1.54 / 1.44 / 1.44 / 1.46 ms and 1.71 / 1.53 / 1.54 / 1.56
+# ms, predict_proba 2.23 / 1.96 / 1.92 / 1.99 ms and 2.71 / 2.20 / 2.06 / 2.05
+# ms (two processes).
+SPIN_NS = 3_000_000
 # How long they spin between the phases of a fit (see SpinPool.spinning), as
 # long as PyTorch's OpenMP threads spin after their work. Measured on the
 # project machine, in a Japanese Vowels fit of 100 epochs (2000 phases): the

@@ -93,9 +93,11 @@ class StreamingNetwork:
     dtype : numpy dtype
     per_step : bool
         Outputs at every step rather than at the last one.
+    decode : {"values", "first value", "argmax"}, default="values"
+        What :meth:`predict` makes of the outputs (see ``StreamCall.predict``).
     """
 
-    def __init__(self, weights, net_shape, scaler, dtype, per_step):
+    def __init__(self, weights, net_shape, scaler, dtype, per_step, decode="values"):
         if net_shape.bidirectional:
             raise ValueError("StreamingNetwork needs a unidirectional network.")
         self.net_shape = net_shape
@@ -113,7 +115,7 @@ class StreamingNetwork:
         work = np.empty(8 * net_shape.hidden_size + self.n_features, dtype=self.dtype)
         self._call = StreamCall(entry_address(self.dtype), self.params, self.layout, self.sizes,
                                 self.affine, work, self.per_step, net_shape.gate_kind,
-                                net_shape.state_kind)
+                                net_shape.state_kind, decode)
 
     def step(self, X, state):
         """Run the network over X's steps from ``state``, advancing it in place.
@@ -142,6 +144,21 @@ class StreamingNetwork:
         if type(X) in (list, tuple):
             X = stack_if_equal_shapes(X)
         return self._call.step(X, state)
+
+    def predict(self, X, state):
+        """:meth:`step`, with the outputs decoded as ``decode`` says.
+
+        Returns
+        -------
+        result : tuple of (values, state), or None
+            ``values`` a new array of shape (n_sequences, T) per step, or
+            (n_sequences,) at the last step, followed by (n_outputs,) for
+            ``decode="values"``: float64 outputs, or with "argmax" the index
+            of each row's largest output. None as :meth:`step`.
+        """
+        if type(X) in (list, tuple):
+            X = stack_if_equal_shapes(X)
+        return self._call.predict(X, state)
 
 
 def stack_if_equal_shapes(sequences):

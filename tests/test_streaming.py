@@ -406,3 +406,50 @@ def test_stream_call_refuses_arrays_its_entry_cannot_read():
         StreamCall(*{**good, "layout": network.layout.ravel()}.values(), True, 0, 0)
     with pytest.raises(ValueError, match="float32"):
         StreamCall(*{**good, "work": np.empty(8 * 40 + 3)}.values(), True, 0, 0)
+    with pytest.raises(ValueError, match="decode must be one of"):
+        StreamCall(*good.values(), True, 0, 0, "labels")
+
+
+def _head_network(per_step, dtype, head_weight, head_bias, seed=5):
+    from fastlstm._network import NetworkShape
+
+    rng = np.random.default_rng(seed)
+    H, n_features = 5, 3
+    weights = {"weight_ih_l0": rng.standard_normal((4 * H, n_features)),
+               "weight_hh_l0": rng.standard_normal((4 * H, H)),
+               "bias_ih_l0": rng.standard_normal(4 * H), "bias_hh_l0": rng.standard_normal(4 * H),
+               "head.weight": head_weight, "head.bias": head_bias}
+    shape = NetworkShape(hidden_size=H, num_layers=1, bidirectional=False)
+    return lambda decode: StreamingNetwork(weights, shape, None, dtype, per_step, decode)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("per_step", [True, False], ids=["per-step", "last"])
+def test_predict_decodes_what_step_outputs(per_step, dtype):
+    rng = np.random.default_rng(6)
+    network = _head_network(per_step, dtype, rng.standard_normal((4, 5)), rng.standard_normal(4))
+    X = (rng.standard_normal((8, 5, 3)) * 3).astype(dtype)
+    outputs, _ = network("values").step(X, None)
+    outputs = outputs.copy() if per_step else outputs[:, 0].copy()
+    expected = {"values": outputs.astype(np.float64),
+                "first value": outputs[..., 0].astype(np.float64),
+                "argmax": np.argmax(outputs, axis=-1)}
+    assert len(np.unique(expected["argmax"])) > 1  # the outputs rank differently row by row
+    for decode, want in expected.items():
+        got, (h, c) = network(decode).predict(X, None)
+        assert got.dtype == want.dtype and got.shape == want.shape, decode
+        np.testing.assert_array_equal(got, want)
+        assert h.shape == (1, 8, 5) and np.any(h != 0)
+    assert network("argmax").predict(X[:, :, :2], None) is None  # declined as step declines
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [[1, 3, 3, 0], [1, np.nan, 3, np.nan], [np.nan, 5, 2, 1],
+                                  [-np.inf, -np.inf, -np.inf, -np.inf], [0, 0, 0, np.inf]])
+def test_argmax_takes_the_first_of_equal_outputs_and_the_first_nan_as_numpy_does(bias, dtype):
+    # A zero head weight makes every output its bias, whatever the state.
+    network = _head_network(False, dtype, np.zeros((4, 5)), np.array(bias, dtype=float))
+    X = np.ones((2, 1, 3), dtype=dtype)
+    indices, _ = network("argmax").predict(X, None)
+    expected = np.argmax(np.array([bias, bias], dtype=dtype), axis=-1)
+    np.testing.assert_array_equal(indices, expected)

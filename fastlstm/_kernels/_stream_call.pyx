@@ -96,7 +96,7 @@ cdef class StreamCall:
         the model's dtype (float32 or float64), int64 layout and sizes,
         float64 affine, workspace in the model's dtype. Kept (referenced)
         for as long as this object lives, and never copied: ``params`` and
-        ``work`` are read and written by every :meth:`run`.
+        ``work`` are read and written by every :meth:`step` and :meth:`predict`.
     per_step : bool
     gate_kind, state_kind : int
     decode : {"values", "first value", "argmax"}, default="values"

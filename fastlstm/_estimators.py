@@ -614,9 +614,9 @@ or list of array-like of shape (T_i,) or (T_i, n_outputs)
         if weights is None or self.bidirectional:
             return None
         scaler = self.__dict__.get("scaler_")
+        decode = self._stream_decode()
         key = (self.hidden_size, self.num_layers, self.proj_size, self.gate_activation,
-               self.state_activation, self.dtype, self.backend, self.output_mode_,
-               self._stream_decode())
+               self.state_activation, self.dtype, self.backend, self.output_mode_, decode)
         cached = self.__dict__.get("_streaming")
         if (cached is not None and cached[0] is weights and cached[1] is scaler
                 and cached[2] == key):
@@ -625,7 +625,7 @@ or list of array-like of shape (T_i,) or (T_i, n_outputs)
         if get_backend(self.backend).name == "numba":
             network = StreamingNetwork(weights, self._network_shape(), scaler,
                                        np.dtype(self.dtype), self.output_mode_ == "sequence",
-                                       self._stream_decode())
+                                       decode)
         self._streaming = (weights, scaler, key, network)
         return network
 

@@ -168,13 +168,17 @@ class SpinPool:
         """
         with self._raised_spins_lock:
             self._raised_spins.append(spin_ns)
-            store(self._spin_ns, 0, max(self._raised_spins + [self._base_spin_ns]))
+            self._store_spin_budget()
         try:
             yield self
         finally:
             with self._raised_spins_lock:
                 self._raised_spins.remove(spin_ns)
-                store(self._spin_ns, 0, max(self._raised_spins + [self._base_spin_ns]))
+                self._store_spin_budget()
+
+    def _store_spin_budget(self):
+        """The budget read by the spinning threads: the longest asked for (holding the lock)."""
+        store(self._spin_ns, 0, max(self._raised_spins + [self._base_spin_ns]))
 
     def run(self, function, tasks):
         """Call ``function(*task)`` for every task and return when all are done.

@@ -58,7 +58,8 @@ class Backend:
     backward: Callable
 
     def native_entries(self, dtype):
-        """Addresses of the (forward, backward) native entries for ``dtype``, or None.
+        """Addresses of the (forward, backward, cooperative forward) native entries for
+        ``dtype``, or None.
 
         A native entry runs the kernel on arguments packed by
         :func:`fastlstm._kernels._kernel_arguments.pack`, without the GIL

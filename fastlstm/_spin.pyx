@@ -52,6 +52,12 @@ cdef extern from *:
     #else
     static inline void fastlstm_relax(void) { }
     #endif
+    #if defined(_WIN32)
+    static inline void fastlstm_yield(void) { }
+    #else
+    #include <sched.h>
+    static inline void fastlstm_yield(void) { sched_yield(); }
+    #endif
     #else
     /* Without the builtins the callers keep the GIL, which orders the accesses. */
     #define FASTLSTM_CAN_SPIN 0
@@ -70,7 +76,24 @@ cdef extern from *:
     static inline int64_t fastlstm_now_ns(void) { return 0; }
     static inline int64_t fastlstm_thread_cpu_ns(void) { return 0; }
     static inline void fastlstm_relax(void) { }
+    static inline void fastlstm_yield(void) { }
     #endif
+    /* Counters for kernels whose tasks share phases (numba_lstm's
+     * cooperative forward pass calls these by name). Waiting yields the
+     * core after a while: on a machine with more busy threads than cores,
+     * the thread being waited for may need it. */
+    static int64_t fastlstm_counter_load(int64_t *p) { return fastlstm_load(p); }
+    static int64_t fastlstm_counter_add_one(int64_t *p) { return fastlstm_fetch_add(p, 1); }
+    static void fastlstm_counter_wait(int64_t *p, int64_t value) {
+        int64_t spins = 0;
+        while (fastlstm_load(p) < value) {
+            fastlstm_relax();
+            if (++spins >= 4096) {
+                spins = 0;
+                fastlstm_yield();
+            }
+        }
+    }
     typedef void (*fastlstm_native_task)(int64_t *);
     static inline void fastlstm_call_native(int64_t function, int64_t arguments) {
         ((fastlstm_native_task)(intptr_t)function)((int64_t *)(intptr_t)arguments);
@@ -85,6 +108,9 @@ cdef extern from *:
     int64_t fastlstm_thread_cpu_ns() nogil
     void fastlstm_call_native(int64_t function, int64_t arguments) nogil
     void fastlstm_relax() nogil
+    int64_t fastlstm_counter_load(int64_t *p) nogil
+    int64_t fastlstm_counter_add_one(int64_t *p) nogil
+    void fastlstm_counter_wait(int64_t *p, int64_t value) nogil
 
 CAN_SPIN = bool(FASTLSTM_CAN_SPIN)
 
@@ -108,6 +134,21 @@ cdef bint _spin(int64_t *flag, int64_t target, int64_t max_ns, int64_t settle_ns
         while fastlstm_now_ns() < deadline:
             fastlstm_relax()
     return True
+
+
+def counter_addresses():
+    """Addresses of ``fastlstm_counter_load``, ``_add_one`` and ``_wait``.
+
+    ``int64_t load(int64_t *counter)`` reads a counter atomically;
+    ``int64_t add_one(int64_t *counter)`` adds 1 atomically and returns the
+    value before; ``void wait(int64_t *counter, int64_t value)`` spins (then
+    yields the core now and then) until ``*counter >= value``. numba kernels
+    call them by name (``numba_lstm`` registers the names with LLVM). Without
+    atomics (``CAN_SPIN`` False) they are plain reads and writes, for one
+    thread only.
+    """
+    return (<size_t> &fastlstm_counter_load, <size_t> &fastlstm_counter_add_one,
+            <size_t> &fastlstm_counter_wait)
 
 
 def load(int64_t[::1] flags, Py_ssize_t i):

@@ -53,7 +53,18 @@ def act_sigmoid(x):
     return 0.5 + 0.5 * np.tanh(0.5 * x)
 
 
-_JIT_OPTIONS = {"fastmath": True, "error_model": "numpy"}
+# The fast-math flags of every numba kernel. nnan/ninf/nsz let LLVM use
+# min/max instructions and vectorise the gate loops; contract fuses multiply
+# and add. Left out on purpose: arcp and afn, under which LLVM divides by a
+# reciprocal estimate in vectorised code but exactly in the scalar remainder
+# of a loop, and reassoc. Without them an element's result does not depend
+# on where a loop starts or stops, so kernels that cut the hidden units
+# into parts (``numba_lstm``'s cooperative forward) give the same bits as
+# kernels that run whole rows; the exact division also measured faster
+# than the estimate and its Newton step in the W1 gate loop.
+FASTMATH = {"nnan", "ninf", "nsz", "contract"}  # a set: numba takes no frozenset
+
+_JIT_OPTIONS = {"fastmath": FASTMATH, "error_model": "numpy"}
 
 
 @overload(act_tanh, jit_options=_JIT_OPTIONS)

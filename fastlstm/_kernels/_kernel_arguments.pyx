@@ -25,6 +25,7 @@ cnp.import_array()
 # floating dtype, "n" a 1-D int64 array, "b" a bool, "k" an int.
 FORWARD = b"mnmmvmmmbkkmmmmmmmmm"
 BACKWARD = b"mnmmvmmmbkkmmmmmmmmmmmvmmmmmm"
+FORWARD_PARTS = b"mnmmvmmbkkmmmmmnkm"
 
 
 cdef bint _is_array(object value, int ndim, int typenum):
@@ -44,7 +45,7 @@ def pack(tuple arguments, const unsigned char[:] signature, int64_t[::1] block, 
     arguments : tuple
         The kernel's arguments, in order.
     signature : bytes
-        :data:`FORWARD` or :data:`BACKWARD`.
+        :data:`FORWARD`, :data:`BACKWARD` or :data:`FORWARD_PARTS`.
     block : ndarray of shape (3 * len(signature),), int64
         OUT.
     float_typenum : int

@@ -33,8 +33,10 @@ import llvmlite.binding
 import numpy as np
 from numba import carray, njit, types
 
+from .. import _spin
 from . import _gemm
 from ._activations import (
+    FASTMATH,
     SIGMOID,
     TANH,
     act_tanh,
@@ -45,11 +47,11 @@ from ._activations import (
 )
 from ._entries import EntryTable, address_to_pointer
 
-# fastmath lets LLVM vectorise the gate loops; error_model="numpy" removes the
+# FASTMATH lets LLVM vectorise the gate loops; error_model="numpy" removes the
 # division-by-zero checks that would otherwise block SIMD in act_tanh. Both
 # kernels are serial (no parallel=True), so their compiled code can be cached
 # on disk safely.
-_JIT = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
+_JIT = dict(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 
 # fastlstm's own float32 GEMM (``own_gemm.h``, compiled into ``_gemm``),
 # called by its C name: LLVM resolves the name through add_symbol when it
@@ -145,21 +147,23 @@ def _copy_rows(destination, source):
 
 
 @njit(**_JIT)
-def _set_activation_scales(scales, hidden):
-    """Per gate column ``s``: 0.5 for the sigmoid gates i, f, o, 1 for the tanh gate g."""
+def _set_activation_scales(scales, start, stride, width):
+    """Per gate column ``s``: 0.5 for the sigmoid gates i, f, o, 1 for the
+    tanh gate g (gate blocks laid out as in :func:`_activate_gates`)."""
     half = scales.dtype.type(0.5)
     one = scales.dtype.type(1.0)
-    for k in range(4 * hidden):
-        scales[k] = one if 2 * hidden <= k < 3 * hidden else half
+    for gate in range(4):
+        for k in range(start + gate * stride, start + gate * stride + width):
+            scales[k] = one if gate == 2 else half
 
 
 @njit(**_JIT)
-def _activate_gates_scaled(gates, row, bias, scales):
-    """Add the bias to a row's four gate blocks and activate them in one
-    loop: ``s tanh(s (x + b)) + (1 - s)``.
+def _activate_gates_scaled(gates, row, bias, scales, start, stop):
+    """Add the bias to a row's gate columns ``start`` to ``stop`` (excluded)
+    and activate them in one loop: ``s tanh(s (x + b)) + (1 - s)``.
 
     With ``s`` = 0.5 that is the sigmoid (``act_sigmoid``'s own formula), with
-    ``s`` = 1 the tanh, so one loop over all 4H columns does what the three
+    ``s`` = 1 the tanh, so one loop over all 4H columns does what the four
     loops of :func:`_activate_gates` do, with the same arithmetic. It pays on
     hidden sizes that are not multiples of 16: each loop of
     ``_activate_gates`` ends in a scalar remainder (the forward pass of W1,
@@ -167,46 +171,56 @@ def _activate_gates_scaled(gates, row, bias, scales):
     """
     one = gates.dtype.type(1.0)
     r = _u(row)
-    for k in range(_u(scales.shape[0])):
+    for k in range(_u(start), _u(stop)):
         scale = scales[k]
         gates[r, k] = scale * act_tanh(scale * (gates[r, k] + bias[k])) + (one - scale)
 
 
 @njit(**_JIT)
-def _activate_gates(gates, row, bias, hidden, gate_kind, state_kind):
-    """Add the bias to the gate blocks i, f, g, o of one row and activate
-    them in place (any activation kinds)."""
+def _activate_gates(gates, row, bias, start, stride, width, gate_kind, state_kind):
+    """Add the bias to one row's gate blocks i, f, g, o and activate them in
+    place (any activation kinds).
+
+    Gate block ``b`` is columns ``start + b * stride`` on, ``width`` of them:
+    ``(0, H, H)`` for a whole row, other values for a part of the units (see
+    :func:`lstm_forward_parts`).
+    """
     # Offsets stay unsigned: numba types an int64 plus a uint64 as int64,
     # which brings the wraparound check back.
-    r, h = _u(row), _u(hidden)
-    g_start, o_start = h + h, h + h + h
-    for k in range(g_start):
-        gates[r, k] = gate_activation(gates[r, k] + bias[k], gate_kind)
-    for k in range(h):
-        gates[r, g_start + k] = state_activation(gates[r, g_start + k] + bias[g_start + k],
-                                                 state_kind)
-    for k in range(h):
-        gates[r, o_start + k] = gate_activation(gates[r, o_start + k] + bias[o_start + k],
-                                                gate_kind)
+    r, n = _u(row), _u(width)
+    for gate in range(_u(4)):
+        block = _u(start) + gate * _u(stride)
+        if gate == 2:
+            for k in range(block, block + n):
+                gates[r, k] = state_activation(gates[r, k] + bias[k], state_kind)
+        else:
+            for k in range(block, block + n):
+                gates[r, k] = gate_activation(gates[r, k] + bias[k], gate_kind)
 
 
 @njit(**_JIT)
-def _update_cell(gates, row, c_state, state_row, act_c_out, act_c_row, m_out, m_row, hidden,
-                 state_kind):
+def _update_cell(gates, row, start, stride, c_state, state_row, act_c_out, act_c_row, m_out,
+                 m_row, first, last, state_kind):
     """c = f c + i g, act(c) and m = o act(c) for one row, c updated in place.
 
-    Gates are read from ``gates[row]``, the cell state from (and to)
-    ``c_state[state_row]``; act(c) goes to ``act_c_out[act_c_row]`` and m to
-    ``m_out[m_row]`` (their first ``hidden`` columns).
+    The units ``first`` to ``last`` (excluded) are updated: columns ``first``
+    on of the cell state ``c_state[state_row]`` (read and written), of
+    ``act_c_out[act_c_row]`` (act(c)) and of ``m_out[m_row]`` (m). Their
+    gates are read from ``gates[row]``, gate block ``b`` from column
+    ``start + b * stride`` on (``start, stride = first, H`` in the kernels'
+    usual layout).
     """
-    r, s, a, m, h = _u(row), _u(state_row), _u(act_c_row), _u(m_row), _u(hidden)
-    f_start, g_start, o_start = h, h + h, h + h + h
-    for k in range(h):
-        c_new = gates[r, f_start + k] * c_state[s, k] + gates[r, k] * gates[r, g_start + k]
+    r, s, a, m = _u(row), _u(state_row), _u(act_c_row), _u(m_row)
+    i_start, f_start = _u(start), _u(start) + _u(stride)
+    g_start, o_start = f_start + _u(stride), f_start + _u(stride) + _u(stride)
+    unit = _u(first)
+    for k in range(_u(last) - unit):
+        c_new = (gates[r, f_start + k] * c_state[s, unit + k]
+                 + gates[r, i_start + k] * gates[r, g_start + k])
         act_c = state_activation(c_new, state_kind)
-        c_state[s, k] = c_new
-        act_c_out[a, k] = act_c
-        m_out[m, k] = gates[r, o_start + k] * act_c
+        c_state[s, unit + k] = c_new
+        act_c_out[a, unit + k] = act_c
+        m_out[m, unit + k] = gates[r, o_start + k] * act_c
 
 
 @njit(**_JIT)
@@ -278,7 +292,7 @@ def lstm_forward(
     scales = work[work.shape[0] - 1]
     scaled_activations = gate_kind == SIGMOID and state_kind == TANH
     if scaled_activations:
-        _set_activation_scales(scales, hidden)
+        _set_activation_scales(scales, 0, hidden, hidden)
     # Hoisted input projection: gates = X W^T, one GEMM for every step of
     # every sequence. The bias is added where the gates are activated: a
     # separate pass over all the gates cost 2 % of a W1 forward pass.
@@ -323,11 +337,11 @@ def lstm_forward(
             if not added:
                 _add_row(gates, row, work, r)
             if scaled_activations:
-                _activate_gates_scaled(gates, row, bias, scales)
+                _activate_gates_scaled(gates, row, bias, scales, 0, 4 * hidden)
             else:
-                _activate_gates(gates, row, bias, hidden, gate_kind, state_kind)
-            _update_cell(gates, row, c_n, r, act_c_out, row if keep else r, m_out, row, hidden,
-                         state_kind)
+                _activate_gates(gates, row, bias, 0, hidden, hidden, gate_kind, state_kind)
+            _update_cell(gates, row, 0, hidden, c_n, r, act_c_out, row if keep else r, m_out, row,
+                         0, hidden, state_kind)
         if project:
             np.dot(M[offset:offset + n_active], W_proj.T, h_n[:n_active])
             _copy_rows(H[offset:offset + n_active], h_n[:n_active])
@@ -335,6 +349,208 @@ def lstm_forward(
             _copy_rows(h_n[:n_active], H[offset:offset + n_active])
         if not reverse:
             offset += n_active
+
+
+# -- The cooperative forward pass (prediction) ----------------------------------------
+# It lives here, beside lstm_forward, because it is made of the same helpers
+# and numba's cache knows only the file of each compiled function: a change
+# to a helper in another file would leave its cached entry stale.
+
+# Counters shared by the tasks of a cooperative kernel (``_spin.pyx``),
+# called by name like the own GEMM.
+_counter_load_address, _counter_add_one_address, _counter_wait_address = (
+    _spin.counter_addresses())
+llvmlite.binding.add_symbol("fastlstm_counter_load", _counter_load_address)
+llvmlite.binding.add_symbol("fastlstm_counter_add_one", _counter_add_one_address)
+llvmlite.binding.add_symbol("fastlstm_counter_wait", _counter_wait_address)
+_counter_load = types.ExternalFunction("fastlstm_counter_load", types.int64(types.uintp))
+_counter_add_one = types.ExternalFunction("fastlstm_counter_add_one", types.int64(types.uintp))
+_counter_wait = types.ExternalFunction("fastlstm_counter_wait",
+                                       types.void(types.uintp, types.int64))
+
+
+@njit(**_JIT)
+def _gemm_columns(A, a_row, n_rows, B, column, n_columns, C, c_row, accumulate):
+    """``C[c_row:, column:][:n_rows, :n_columns] (+)= A[a_row:][:n_rows] @ B[:, column:][:, :n_columns]``.
+
+    fastlstm's own GEMM on the blocks' addresses (no views: each would cost
+    two atomic reference-count updates per call); where it cannot run
+    (float64, no AVX2), plain loops in the same summation order.
+    """
+    size = A.itemsize
+    if size == 4 and A.strides[1] == size and B.strides[1] == size and C.strides[1] == size:
+        status = _own_sgemm(n_rows, n_columns, A.shape[1],
+                            A.ctypes.data + a_row * A.strides[0], A.strides[0] // size, 1,
+                            B.ctypes.data + column * size, B.strides[0] // size,
+                            1 if accumulate else 0,
+                            C.ctypes.data + c_row * C.strides[0] + column * size,
+                            C.strides[0] // size)
+        if status == 0:
+            return
+    zero = C.dtype.type(0.0)
+    for i in range(n_rows):
+        for j in range(column, column + n_columns):
+            total = zero
+            for p in range(A.shape[1]):
+                total += A[a_row + i, p] * B[p, j]
+            C[c_row + i, j] = C[c_row + i, j] + total if accumulate else total
+
+
+@njit(**_JIT)
+def _prepare_part(X, W, R, bias, h0, c0, hidden, first, last, scaled_activations, gates,
+                  h_n, c_n, states, W_t, R_t, part_bias, scales):
+    """Phase 0 of a cooperative forward pass, for units ``first`` to ``last``.
+
+    Lays out the part's gate columns side by side (columns ``4 first`` to
+    ``4 last``: its i, f, g, o blocks): its rows of ``W`` and ``R``
+    transposed, its bias and activation scales; computes its input
+    projection for every step; and starts its units' states.
+    """
+    batch_size = h0.shape[0]
+    width = last - first
+    start = 4 * first
+    for gate in range(4):
+        rows = gate * hidden + first
+        column = start + gate * width
+        _transpose(W[rows:rows + width], W_t[:, column:column + width])
+        _transpose(R[rows:rows + width], R_t[:, column:column + width])
+        for k in range(width):
+            part_bias[column + k] = bias[rows + k]
+    _gemm_columns(X, 0, X.shape[0], W_t, start, 4 * width, gates, 0, False)
+    if scaled_activations:
+        _set_activation_scales(scales, start, width, width)
+    for r in range(batch_size):
+        for k in range(first, last):
+            c_n[r, k] = c0[r, k]
+            h_n[r, k] = h0[r, k]
+            states[r, k] = h0[r, k]
+            states[batch_size + r, k] = h0[r, k]
+
+
+@njit(**_JIT)
+def _step_part(step, offset, n_active, R_t, part_bias, scales, first, last, scaled_activations,
+               gate_kind, state_kind, H, gates, h_n, c_n, states, act_c_rows):
+    """One step of a cooperative forward pass, for units ``first`` to ``last``.
+
+    The hidden states entering the step are rows ``(step % 2) B`` on of
+    ``states``, written by every part in the step before; this part writes
+    its units of the next ones to the other half, which no part reads
+    during this step.
+    """
+    batch_size = h_n.shape[0]
+    source = (step % 2) * batch_size
+    target = batch_size - source  # the other half
+    width = last - first
+    start = 4 * first
+    _gemm_columns(states, source, n_active, R_t, start, 4 * width, gates, offset, True)
+    for r in range(n_active):
+        row = offset + r
+        if scaled_activations:
+            _activate_gates_scaled(gates, row, part_bias, scales, start, start + 4 * width)
+        else:
+            _activate_gates(gates, row, part_bias, start, width, width, gate_kind, state_kind)
+        _update_cell(gates, row, start, width, c_n, r, act_c_rows, r, H, row, first, last,
+                     state_kind)
+        for k in range(first, last):
+            states[target + r, k] = H[row, k]
+            h_n[r, k] = H[row, k]
+
+
+@njit(**_JIT)
+def lstm_forward_parts(
+    X, batch_sizes, W, R, bias, h0, c0, reverse, gate_kind, state_kind,
+    H, gates, h_n, c_n, states, progress, n_parts, work,
+):
+    """:func:`lstm_forward` for prediction, as one of several runners that share the steps.
+
+    The hidden units are cut into ``n_parts`` parts; every step has one task
+    per part (its units' gate columns: the recurrent product, the
+    activations, the cell update), and a step starts once every part of
+    the one before has finished, because its product reads the whole
+    hidden state. One call of this function is one runner: it takes parts
+    not yet taken, step after step, until every step is done. So any
+    number of runners, started at any time, finish the pass together, one
+    alone too, and none ever waits for a part that no runner has taken.
+    Each unit's arithmetic is that of :func:`lstm_forward`, whichever
+    runner does it, so the outputs are the same bits (tested). For a layer
+    with fewer (shard, direction) tasks than threads, as with one sequence,
+    this puts the idle threads to work: a step's product is then a
+    matrix-vector product, bounded by the speed of one core's cache.
+
+    Parameters
+    ----------
+    X, batch_sizes, W, R, bias, h0, c0, reverse, gate_kind, state_kind
+        IN. As in :func:`lstm_forward` (no projection: ``R`` is (4H, H)).
+    H, h_n, c_n
+        OUT. As in :func:`lstm_forward`.
+    gates : ndarray of shape (N, 4H)
+        OUT. The activated gates, each part's four blocks side by side
+        (columns ``4 first`` to ``4 last`` for units ``first`` to ``last``).
+    states : ndarray of shape (2 B, H)
+        Shared workspace: the hidden states entering a step, and those
+        entering the next one.
+    progress : ndarray of shape (2 (T + 1) + 1,), int64
+        Shared, zeros before the first runner starts: per phase (the
+        preparation, then the T steps), how many of its parts runners have
+        taken and how many they have finished; last, how many phases are
+        finished.
+    n_parts : int
+        Parts per step, at most the number of hidden units.
+    work : ndarray of shape (B + I + H + 2, 4H)
+        Shared workspace, in the parts' column order: rows ``B`` on ``W``
+        and ``R`` transposed, then the bias, then the activations' scales;
+        the first ``B`` rows take act(c). Every part writes only its own
+        columns.
+
+    Every runner is given the same arrays.
+    """
+    n_steps = batch_sizes.shape[0]
+    hidden = c0.shape[1]
+    batch_size = h0.shape[0]
+    n_inputs = X.shape[1]
+    W_t = work[batch_size:batch_size + n_inputs]
+    R_t = work[batch_size + n_inputs:batch_size + n_inputs + hidden]
+    part_bias = work[work.shape[0] - 2]
+    scales = work[work.shape[0] - 1]
+    scaled_activations = gate_kind == SIGMOID and state_kind == TANH
+    n_phases = n_steps + 1
+    counters = progress.ctypes.data
+    phases_finished = counters + 8 * 2 * n_phases
+    # A runner that starts late skips the phases already finished.
+    phase = _counter_load(phases_finished)
+    offset = 0
+    for skipped in range(max(phase - 1, 0)):
+        offset += batch_sizes[n_steps - 1 - skipped if reverse else skipped]
+    if reverse:
+        offset = X.shape[0] - offset
+    while phase < n_phases:
+        claimed = counters + 8 * 2 * phase
+        finished = claimed + 8
+        step = phase - 1
+        n_active = 0
+        if phase > 0:
+            n_active = batch_sizes[n_steps - 1 - step if reverse else step]
+            if reverse:
+                offset -= n_active
+        while True:
+            part = _counter_add_one(claimed)
+            if part >= n_parts:
+                break
+            first = hidden * part // n_parts
+            last = hidden * (part + 1) // n_parts
+            if phase == 0:
+                _prepare_part(X, W, R, bias, h0, c0, hidden, first, last, scaled_activations,
+                              gates, h_n, c_n, states, W_t, R_t, part_bias, scales)
+            else:
+                _step_part(step, offset, n_active, R_t, part_bias, scales, first, last,
+                           scaled_activations, gate_kind, state_kind, H, gates, h_n, c_n,
+                           states, work)
+            if _counter_add_one(finished) == n_parts - 1:
+                _counter_add_one(phases_finished)
+        _counter_wait(finished, n_parts)
+        if phase > 0 and not reverse:
+            offset += n_active
+        phase += 1
 
 
 @njit(**_JIT)
@@ -518,12 +734,24 @@ def _backward_float32(block):
                   m(block, 25, _F32), m(block, 26, _F32), m(block, 27, _F32), m(block, 28, _F32))
 
 
-# dtype -> its (forward, backward) entries.
-_ENTRIES = EntryTable({np.float32: (_forward_float32, _backward_float32)})
+def _forward_parts_float32(block):
+    """:func:`lstm_forward_parts` on the arguments in ``block`` (signature ``FORWARD_PARTS``)."""
+    m, v = _matrix, _vector
+    lstm_forward_parts(
+        m(block, 0, _F32), v(block, 1, np.int64), m(block, 2, _F32), m(block, 3, _F32),
+        v(block, 4, _F32), m(block, 5, _F32), m(block, 6, _F32), block[3 * 7] != 0,
+        block[3 * 8], block[3 * 9], m(block, 10, _F32), m(block, 11, _F32),
+        m(block, 12, _F32), m(block, 13, _F32), m(block, 14, _F32), v(block, 15, np.int64),
+        block[3 * 16], m(block, 17, _F32))
+
+
+# dtype -> its (forward, backward, cooperative forward) entries.
+_ENTRIES = EntryTable({np.float32: (_forward_float32, _backward_float32,
+                                    _forward_parts_float32)})
 
 
 def entry_addresses(dtype):
-    """The addresses of the (forward, backward) entries for ``dtype``, or None.
+    """The addresses of the (forward, backward, cooperative forward) entries for ``dtype``, or None.
 
     Compiled, or loaded from numba's on-disk cache, on the first call for a
     dtype (see :class:`fastlstm._kernels._entries.EntryTable`).

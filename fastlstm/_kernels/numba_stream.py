@@ -32,11 +32,11 @@ The end of the file has the kernel's native entry, which
 import numpy as np
 from numba import carray, njit
 
-from ._activations import gate_activation, state_activation
+from ._activations import FASTMATH, gate_activation, state_activation
 from ._entries import EntryTable, address_to_pointer
 from .numba_lstm import _own_sgemm, _u
 
-_JIT = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
+_JIT = dict(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 
 # Columns of ``layout``, one row per layer; the head's offsets are in the
 # row after the last layer (columns IN_WEIGHTS and BIAS).

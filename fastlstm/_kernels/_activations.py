@@ -60,8 +60,9 @@ def act_sigmoid(x):
 # of a loop, and reassoc. Without them an element's result does not depend
 # on where a loop starts or stops, so kernels that cut the hidden units
 # into parts (``numba_lstm``'s cooperative forward) give the same bits as
-# kernels that run whole rows; the exact division also measured faster
-# than the estimate and its Newton step in the W1 gate loop.
+# kernels that run whole rows. The exact division cost nothing measurable:
+# a loop over W1's gates took 150 us with it, 194 us with the estimate and
+# its Newton step, and the W1/W2 kernels' times stayed within the noise.
 FASTMATH = {"nnan", "ninf", "nsz", "contract"}  # a set: numba takes no frozenset
 
 _JIT_OPTIONS = {"fastmath": FASTMATH, "error_model": "numpy"}

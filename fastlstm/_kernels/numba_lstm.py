@@ -375,7 +375,8 @@ def _gemm_columns(A, a_row, n_rows, B, column, n_columns, C, c_row, accumulate):
 
     fastlstm's own GEMM on the blocks' addresses (no views: each would cost
     two atomic reference-count updates per call); where it cannot run
-    (float64, no AVX2), plain loops in the same summation order.
+    (float64, no AVX2), plain loops, whose sums are close to BLAS's but not
+    its bits (the network gives parts only to the own GEMM).
     """
     size = A.itemsize
     if size == 4 and A.strides[1] == size and B.strides[1] == size and C.strides[1] == size:

@@ -421,6 +421,12 @@ def network_forward(params, shape, shards, backend, *, dropout_masks=None, h0=No
         if output_columns is not None:
             output_columns[...] = H
 
+    # The same (shard, direction) tasks, and so the same parts, in every layer.
+    pairs = [(s, direction) for s in range(len(shards))
+             for direction in range(shape.n_directions)]
+    n_parts = 1 if for_backward else _parts_per_task(
+        executor, len(pairs), max(batch.size for batch in shards), shape,
+        shards[0].X.dtype, parts_entry)
     layer_inputs = [batch.X for batch in shards]
     for layer in range(shape.num_layers):
         if layer > 0 and dropout_masks is not None:
@@ -435,11 +441,6 @@ def network_forward(params, shape, shards, backend, *, dropout_masks=None, h0=No
             layer_outputs = [None] * len(shards)
         for result, layer_input in zip(results, layer_inputs):
             result.layer_inputs.append(layer_input)
-        pairs = [(s, direction) for s in range(len(shards))
-                 for direction in range(shape.n_directions)]
-        n_parts = 1 if for_backward else _parts_per_task(
-            executor, len(pairs), max(batch.size for batch in shards), shape,
-            shards[0].X.dtype, parts_entry)
         # The parts of a task share one work array (see cooperative_tasks).
         scratches = ([None] * len(pairs) if n_parts > 1
                      else _task_scratch(workspace, executor, len(pairs)))

@@ -582,7 +582,10 @@ or list of array-like of shape (T_i,) or (T_i, n_outputs)
             if not streaming.per_step:
                 return values
             # Not list(values): NumPy's iterator costs about 0.5 us more for one
-            # stream (1.0-1.2 against 0.6-0.7 us), 5 % of a W4 step.
+            # stream (1.0-1.2 against 0.6-0.7 us), 5 % of a W4 step. One stream
+            # without the comprehension: 0.34 against 0.95 us (Zen 3).
+            if len(values) == 1:
+                return [values[0]]
             return [values[i] for i in range(len(values))]
         check_is_fitted(self)
         if self.bidirectional:

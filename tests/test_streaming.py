@@ -87,6 +87,24 @@ def test_fast_path_answers_as_the_general_path(Estimator, per_step, network, dty
             np.testing.assert_allclose(fast_rest[-1], expected_rest, **TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("Estimator", [LSTMRegressor, LSTMClassifier])
+def test_one_stream_per_step_answers_as_the_general_path(Estimator):
+    # One stream has its own branch in building the list of per-step outputs.
+    X, y = data(True, Estimator is LSTMClassifier)
+    model = Estimator(**COMMON).fit(X, y)
+    stream = np.random.default_rng(2).standard_normal((1, 5, 3)).astype(np.float32)
+    expected = model.reset_state().predict_and_update_state([stream[0].tolist()])
+    fast = model.reset_state().predict_and_update_state(stream)
+    assert model._streaming[3] is not None
+    assert isinstance(fast, list) and len(fast) == 1
+    assert fast[0].shape == expected[0].shape and fast[0].shape[0] == 5
+    assert fast[0].dtype == expected[0].dtype
+    if Estimator is LSTMClassifier:
+        np.testing.assert_array_equal(fast[0], expected[0])
+    else:
+        np.testing.assert_allclose(fast[0], expected[0], **TOLERANCE["float32"])
+
+
 def test_one_step_calls_take_the_fast_path(general_path_forbidden):
     X, y = data(True, False)
     model = LSTMRegressor(**COMMON).fit(X, y)

@@ -41,7 +41,7 @@ def operands(m, k, n, transposed, seed=0):
     return A, B, np.empty((m, n), dtype=np.float32)
 
 
-@pytest.mark.parametrize("impl", ["fastlstm", "numpy", "torch"])
+@pytest.mark.parametrize("impl", ["fastlstm", "fastlstm-packed", "numpy", "torch"])
 @pytest.mark.parametrize("name", SHAPES)
 def test_gemm(benchmark, device, name, impl):
     if device != "cpu":
@@ -59,6 +59,17 @@ def test_gemm(benchmark, device, name, impl):
                label=f"own GEMM ({_gemm.isa()})", **extra)
         run_budgeted(benchmark, lambda: _gemm.matmul(A, B, C), max_rounds=ROUNDS[0],
                      warmup_rounds=ROUNDS[1])
+        np.testing.assert_allclose(C, A.astype(np.float64) @ B, rtol=0, atol=1e-3 * np.sqrt(k))
+    elif impl == "fastlstm-packed":
+        # The per-step products as the numba kernels run them with the AVX2
+        # tiles: B (the recurrent weights) packed once, outside the timing.
+        packed = _gemm.pack(B) if "(per step)" in name else None
+        if packed is None:
+            pytest.skip("B is packed only for the per-step products, with the AVX2 tiles")
+        record(benchmark, workload=benchmark.group, impl="fastlstm",
+               label=f"own GEMM ({_gemm.isa()}), B packed", **dict(extra, primary=False))
+        run_budgeted(benchmark, lambda: _gemm.matmul_packed(A, packed, n, C),
+                     max_rounds=ROUNDS[0], warmup_rounds=ROUNDS[1])
         np.testing.assert_allclose(C, A.astype(np.float64) @ B, rtol=0, atol=1e-3 * np.sqrt(k))
     elif impl == "numpy":
         record(benchmark, workload=benchmark.group, impl="openblas",

@@ -159,7 +159,8 @@ def test_a_row_does_not_depend_on_the_other_rows(own_gemm_isa):
 
 
 # B ends where an unreadable page begins: a tile (or a copy of a panel of B)
-# that reads past B's last row crashes the process. Run in a subprocess so
+# that reads past B's last row crashes the process; so does one that reads
+# past the end of a packed B. Run in a subprocess so
 # that a crash fails this test, not the whole run. Column counts that end in
 # a full or partial one-register panel, a skinny product and one of 40 rows
 # (7 row blocks: the AVX2 tiles copy B's panels there).
@@ -180,7 +181,14 @@ for m in (2, 40):
         B = np.frombuffer(buf, np.float32, count=k * n, offset=size - 4 * k * n).reshape(k, n)
         B[:] = np.random.default_rng(n).standard_normal((k, n))
         A = np.random.default_rng(m).standard_normal((m, k)).astype(np.float32)
-        print(np.abs(_gemm.matmul(A, B) - A.astype(np.float64) @ B).max(), flush=True)
+        expected = A.astype(np.float64) @ B
+        errors = [np.abs(_gemm.matmul(A, B) - expected).max()]
+        packed = _gemm.pack(B)
+        if packed is not None:
+            # The packed copy in B's place, ending where the unreadable page begins.
+            B.reshape(-1)[:] = packed
+            errors.append(np.abs(_gemm.matmul_packed(A, B.reshape(-1), n) - expected).max())
+        print(*errors, flush=True)
 """
 
 
@@ -190,8 +198,10 @@ def test_products_do_not_read_past_the_end_of_b(own_gemm_isa):
                             capture_output=True, text=True)
     assert result.returncode == 0, (f"exit {result.returncode} after {result.stdout!r}: "
                                     f"{result.stderr[-500:]}")
-    errors = [float(line.split()[2]) for line in result.stdout.splitlines()]
-    assert len(errors) == 8 and max(errors) < 1e-5, result.stdout
+    lines = [line.split()[2:] for line in result.stdout.splitlines()]
+    # With AVX2, the products with a packed B too.
+    assert len(lines) == 8 and all(len(line) == 1 + (own_gemm_isa == "avx2") for line in lines)
+    assert max(float(error) for line in lines for error in line) < 1e-5, result.stdout
 
 
 def test_off_switch(own_gemm_off):
@@ -257,6 +267,105 @@ def test_avx2_and_avx512_give_the_same_bits(m, n, k, transposed):
         _gemm.set_isa(previous)
     for first, second in zip(*results):
         np.testing.assert_array_equal(first, second)
+
+
+def packed_layout(B, block=256):
+    """``B`` in the packed layout described in own_gemm_avx2.h, written plainly."""
+    k, n = B.shape
+    pieces, p0 = [], 0
+    while p0 < k:
+        kc = block if k - p0 > block + block // 4 else k - p0
+        pieces += [B[p0:p0 + kc, j0:j0 + 16].ravel() for j0 in range(0, n, 16)]
+        p0 += kc
+    return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+
+
+# Products with a packed B (the recurrent weights of every step, AVX2): the
+# layout, blocks of k included, packed from B's rows or from B^T's (the
+# forward kernel packs R^T from R), then products against it that must be
+# the bits of the product with B in place: 1-3 rows (panel tiles, and the
+# skinny ones on a last partial panel), row blocks, column tails of 1-15,
+# transposed A, strided C, accumulating or not.
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 7, 27, 64])
+@pytest.mark.parametrize("n", [4, 8, 12, 16, 37, 100, 148])
+def test_packed_products_match_the_products_in_place_bit_for_bit(m, n):
+    skip_unless_supported("avx2")
+    rng = np.random.default_rng(m * 1000 + n)
+    previous = _gemm.set_isa("avx2")
+    try:
+        for k in [1, 19, 300, 360, 700]:
+            B = rng.standard_normal((k, n)).astype(np.float32)
+            packed = _gemm.pack(B)
+            np.testing.assert_array_equal(packed, packed_layout(B))
+            np.testing.assert_array_equal(_gemm.pack(np.ascontiguousarray(B.T).T), packed)
+            A = rng.standard_normal((m, k)).astype(np.float32)
+            A_transposed = np.ascontiguousarray(A.T).T
+            C_wide = rng.standard_normal((m, n + 6)).astype(np.float32)
+            for a in (A, A_transposed):
+                np.testing.assert_array_equal(_gemm.matmul_packed(a, packed, n),
+                                              _gemm.matmul(A, B))
+                C = C_wide.copy()
+                _gemm.matmul_packed(a, packed, n, C[:, 2:n + 2], accumulate=True)
+                expected = C_wide.copy()
+                _gemm.matmul(A, B, expected[:, 2:n + 2], accumulate=True)
+                np.testing.assert_array_equal(C, expected)
+    finally:
+        _gemm.set_isa(previous)
+
+
+def test_pack_refuses_where_the_avx2_tiles_do_not_run(own_gemm_off):
+    B = np.ones((5, 20), np.float32)
+    assert _gemm.pack(B) is None
+    if "avx512" in _gemm.supported_isas():
+        _gemm.set_isa("avx512")  # its tiles read B in place
+        assert _gemm.pack(B) is None
+    if "avx2" in _gemm.supported_isas():
+        _gemm.set_isa("avx2")
+        assert _gemm.pack(B) is not None
+        previous = _gemm.set_packing(False)
+        try:
+            assert _gemm.pack(B) is None
+        finally:
+            _gemm.set_packing(previous)
+
+
+# The numba kernels pack R where the AVX2 tiles run (the forward's R^T into
+# its workspace, the backward's R into dR); with packing switched off they
+# read R in place. Both must give the same bits: ragged lengths (steps of
+# 1-3 active rows), 4H = 360 (two blocks of k in the backward's dG R), a
+# projection (P = 7: one partial panel).
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("proj_size", [0, 7])
+def test_numba_kernels_give_the_same_bits_with_r_packed_and_in_place(reverse, proj_size):
+    skip_unless_supported("avx2")
+    from fastlstm._kernels import numba_lstm
+
+    rng = np.random.default_rng(5)
+    lengths = [23, 23, 17, 9, 4, 2, 2, 1]
+    hidden, n_features = 90, 11
+    state = proj_size or hidden
+    batch = random_packed_batch(rng, lengths, n_features, np.float32)
+    layer = random_layer(rng, n_features, hidden, len(lengths), np.float32, proj_size=proj_size)
+    dH = rng.standard_normal((batch.X.shape[0], state))
+    dh_n = rng.standard_normal((len(lengths), state))
+    dc_n = rng.standard_normal((len(lengths), hidden))
+    previous_isa, previous_packing = _gemm.set_isa("avx2"), _gemm.set_packing(True)
+    try:
+        results = []
+        for packing in (True, False):
+            _gemm.set_packing(packing)
+            # What the kernels do with R: the documented layout, or nothing.
+            R_t = np.zeros((state, 4 * hidden), np.float32)
+            assert numba_lstm._pack(layer["R"], True, R_t) == packing
+            np.testing.assert_array_equal(R_t.ravel(),
+                                          packed_layout(layer["R"].T) if packing else 0)
+            results.append(run_direction(get_backend("numba"), batch, layer, reverse, 0, 0,
+                                         dH, dh_n, dc_n))
+    finally:
+        _gemm.set_isa(previous_isa)
+        _gemm.set_packing(previous_packing)
+    for name, value in results[0].items():
+        np.testing.assert_array_equal(value, results[1][name], err_msg=name)
 
 
 # The forward kernels' transposes of W and R: whole 16 x 16 (8 x 8) blocks,

@@ -38,6 +38,18 @@ cdef extern from "own_gemm.h" nogil:
     int fastlstm_sgemm_addresses(int64_t m, int64_t n, int64_t k, uintptr_t a,
                                  int64_t a_row_stride, int64_t a_col_stride, uintptr_t b,
                                  int64_t ldb, int64_t accumulate, uintptr_t c, int64_t ldc)
+    void fastlstm_set_packing(int enabled)
+    int fastlstm_pack_b(Py_ssize_t k, Py_ssize_t n, const float *b, Py_ssize_t ldb,
+                        int transposed, float *out)
+    int fastlstm_sgemm_packed(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a,
+                              Py_ssize_t a_row_stride, Py_ssize_t a_col_stride,
+                              const float *packed_b, int accumulate, float *c, Py_ssize_t ldc)
+    int fastlstm_pack_b_addresses(int64_t k, int64_t n, uintptr_t b, int64_t ldb,
+                                  int64_t transposed, uintptr_t out)
+    int fastlstm_sgemm_packed_addresses(int64_t m, int64_t n, int64_t k, uintptr_t a,
+                                        int64_t a_row_stride, int64_t a_col_stride,
+                                        uintptr_t packed_b, int64_t accumulate, uintptr_t c,
+                                        int64_t ldc)
     int fastlstm_transpose(Py_ssize_t m, Py_ssize_t n, const float *a, Py_ssize_t lda,
                            float *out, Py_ssize_t ldo)
     int fastlstm_transpose_isa(int isa, Py_ssize_t m, Py_ssize_t n, const float *a,
@@ -124,6 +136,28 @@ def numba_entry_address():
     return <size_t> &fastlstm_sgemm_addresses
 
 
+_packing = True
+
+
+def set_packing(flag):
+    """Let :func:`pack` (and the numba kernels, which pack their recurrent
+    weights) pack B (``True``, the default) or refuse (``False``); returns
+    the previous setting. Meant for tests and benchmarks, which compare the
+    two: the products give the same bits either way.
+    """
+    global _packing
+    previous = _packing
+    _packing = bool(flag)
+    fastlstm_set_packing(1 if _packing else 0)
+    return previous
+
+
+def numba_pack_addresses():
+    """Addresses of the C functions numba calls for products with a packed B
+    (``fastlstm_pack_b_addresses``, ``fastlstm_sgemm_packed_addresses``)."""
+    return <size_t> &fastlstm_pack_b_addresses, <size_t> &fastlstm_sgemm_packed_addresses
+
+
 def numba_transpose_address():
     """Address of the C function numba calls to transpose (``fastlstm_transpose_addresses``)."""
     return <size_t> &fastlstm_transpose_addresses
@@ -201,3 +235,66 @@ if _setting == "0":
     set_enabled(False)
 elif _setting == "avx2" and "avx2" in supported_isas():
     set_isa("avx2")
+
+
+def pack(B):
+    """``B`` (k x n, float32) in the packed layout of ``own_gemm_avx2.h``, for
+    :func:`matmul_packed`: a new 1-D array of k * n floats.
+
+    ``B`` needs contiguous rows or contiguous columns (a transposed view,
+    which is packed from its rows: how the forward kernel packs ``R^T``
+    from ``R``). Returns None where the products do not run on the AVX2
+    tiles (the kernel off, AVX-512, no AVX2) or packing is switched off
+    (:func:`set_packing`): the callers then keep ``B`` as it is.
+    """
+    cdef const float[:, :] b = B
+    cdef Py_ssize_t k = b.shape[0], n = b.shape[1], ldb
+    cdef int transposed
+    if n <= 1 or b.strides[1] == sizeof(float):
+        transposed, ldb = 0, b.strides[0] // sizeof(float)
+    elif k <= 1 or b.strides[0] == sizeof(float):
+        transposed, ldb = 1, b.strides[1] // sizeof(float)
+    else:
+        raise ValueError("B needs contiguous rows or contiguous columns")
+    out = np.empty(k * n, dtype=np.float32)
+    cdef float[:] o = out
+    cdef float dummy = 0
+    cdef int status
+    with nogil:
+        status = fastlstm_pack_b(k, n, &b[0, 0] if k > 0 and n > 0 else &dummy, ldb,
+                                 transposed, &o[0] if k > 0 and n > 0 else &dummy)
+    return None if status != 0 else out
+
+
+def matmul_packed(A, packed_B, n, C=None, *, accumulate=False):
+    """``C = [C +] A @ B`` for ``packed_B = pack(B)``, B with ``n`` columns.
+
+    ``A`` as in :func:`matmul`; every element of ``C`` is the same bits as
+    :func:`matmul`'s. Raises RuntimeError where the CPU has no AVX2.
+    """
+    cdef const float[:, :] a = A
+    cdef const float[:] packed = packed_B
+    cdef Py_ssize_t m = a.shape[0], k = a.shape[1], columns = n
+    if packed.shape[0] != k * columns:
+        raise ValueError(f"packed_B has {packed.shape[0]} floats, {k} x {columns} needs "
+                         f"{k * columns}")
+    if C is None:
+        C = np.zeros((m, columns), dtype=np.float32)
+    cdef float[:, :] c = C
+    if c.shape[0] != m or c.shape[1] != columns:
+        raise ValueError(f"C has shape {C.shape}, ({m}, {columns}) is needed")
+    if columns > 1 and c.strides[1] != sizeof(float):
+        raise ValueError("C needs contiguous rows (column stride of one element)")
+    cdef Py_ssize_t a_rs = a.strides[0] // sizeof(float), a_cs = a.strides[1] // sizeof(float)
+    cdef float dummy = 0
+    cdef const float *a_ptr = &a[0, 0] if m > 0 and k > 0 else &dummy
+    cdef const float *b_ptr = &packed[0] if k > 0 and columns > 0 else &dummy
+    cdef float *c_ptr = &c[0, 0] if m > 0 and columns > 0 else &dummy
+    cdef bint add = accumulate
+    cdef int status
+    with nogil:
+        status = fastlstm_sgemm_packed(m, columns, k, a_ptr, a_rs, a_cs, b_ptr, add, c_ptr,
+                                       c.strides[0] // sizeof(float))
+    if status != 0:
+        raise RuntimeError("this CPU has no AVX2 for fastlstm's packed products")
+    return C

@@ -83,6 +83,53 @@ def _own_gemm(A, B, C, accumulate):
     return status == 0
 
 
+# Products with a packed B (``own_gemm_avx2.h``): the recurrent weights of
+# every step's product, packed once per kernel call.
+_pack_b_address, _sgemm_packed_address = _gemm.numba_pack_addresses()
+llvmlite.binding.add_symbol("fastlstm_pack_b_addresses", _pack_b_address)
+llvmlite.binding.add_symbol("fastlstm_sgemm_packed_addresses", _sgemm_packed_address)
+_own_pack_b = types.ExternalFunction(
+    "fastlstm_pack_b_addresses",
+    types.intc(types.int64, types.int64, types.uintp, types.int64, types.int64, types.uintp),
+)
+_own_sgemm_packed = types.ExternalFunction(
+    "fastlstm_sgemm_packed_addresses",
+    types.intc(types.int64, types.int64, types.int64, types.uintp, types.int64, types.int64,
+               types.uintp, types.int64, types.uintp, types.int64),
+)
+
+
+@njit(**_JIT)
+def _pack(B, transposed, out):
+    """Pack ``B`` (or ``B.T`` if ``transposed``) into ``out``'s memory for :func:`_own_gemm_packed`.
+
+    ``out`` is only storage: a contiguous array of as many elements as
+    ``B``. False, leaving ``out`` untouched, where the products do not run
+    on the AVX2 tiles that read the packed layout (float64, BLAS, AVX-512)
+    or an array's layout does not fit; the caller then uses ``B`` as it is.
+    """
+    size = B.itemsize
+    if (size != 4 or out.itemsize != 4 or B.strides[1] != size or out.size != B.size
+            or out.strides[1] != size or out.strides[0] != out.shape[1] * size):
+        return False
+    k, n = (B.shape[1], B.shape[0]) if transposed else (B.shape[0], B.shape[1])
+    return _own_pack_b(k, n, B.ctypes.data, B.strides[0] // size, 1 if transposed else 0,
+                       out.ctypes.data) == 0
+
+
+@njit(**_JIT)
+def _own_gemm_packed(A, packed, n_columns, C, accumulate):
+    """``C = [C +] A @ B`` for ``B`` (``n_columns`` wide) packed into ``packed`` by :func:`_pack`.
+
+    The same bits as :func:`_own_gemm`; ``C`` needs contiguous rows.
+    """
+    size = A.itemsize
+    status = _own_sgemm_packed(A.shape[0], n_columns, A.shape[1], A.ctypes.data,
+                               A.strides[0] // size, A.strides[1] // size, packed.ctypes.data,
+                               1 if accumulate else 0, C.ctypes.data, C.strides[0] // size)
+    return status == 0
+
+
 llvmlite.binding.add_symbol("fastlstm_transpose_addresses", _gemm.numba_transpose_address())
 _own_transpose = types.ExternalFunction(
     "fastlstm_transpose_addresses",
@@ -273,7 +320,8 @@ def lstm_forward(
         OUT. Each sequence's final cell state.
     work : ndarray of shape (B + I + P + 1, 4H)
         Workspace: in float32 rows B to B + I + P take ``W`` and ``R``
-        transposed, the row-contiguous operands fastlstm's own GEMM needs;
+        transposed, the row-contiguous operands fastlstm's own GEMM needs
+        (``R^T`` packed, see :func:`_pack`, where the AVX2 tiles run);
         the first B rows take the recurrent product where BLAS computes it
         (the own GEMM adds it to ``gates`` directly); the last row takes the
         per-column scales of the gate activations.
@@ -285,7 +333,9 @@ def lstm_forward(
     batch_size = h0.shape[0]
     keep = Hprev.shape[0] > 0 or n_rows == 0
     # The own GEMM (float32) wants W^T and R^T row-contiguous: transpose them
-    # once for all steps. BLAS (float64) reads the transposes in place.
+    # once for all steps, R^T packed for the steps' products where the AVX2
+    # tiles run them (R_t then holds its panels, not its rows). BLAS
+    # (float64) reads the transposes in place.
     transposed = X.itemsize == 4
     W_t = work[batch_size:batch_size + X.shape[1]]
     R_t = work[batch_size + X.shape[1]:work.shape[0] - 1]
@@ -296,9 +346,12 @@ def lstm_forward(
     # Hoisted input projection: gates = X W^T, one GEMM for every step of
     # every sequence. The bias is added where the gates are activated: a
     # separate pass over all the gates cost 2 % of a W1 forward pass.
+    packed = False
     if transposed:
         _transpose(W, W_t)
-        _transpose(R, R_t)
+        packed = _pack(R, True, R_t)
+        if not packed:
+            _transpose(R, R_t)
         _matmul(X, W_t, gates)
     else:
         np.dot(X, W.T, gates)
@@ -315,7 +368,10 @@ def lstm_forward(
         # The recurrent part: the own GEMM adds it to the active rows' gates
         # in place; BLAS writes it to work, added row by row below.
         added = False
-        if transposed:
+        if packed:
+            added = _own_gemm_packed(h_n[:n_active], R_t, R_t.shape[1],
+                                     gates[offset:offset + n_active], True)
+        elif transposed:
             added = _own_gemm(h_n[:n_active], R_t, gates[offset:offset + n_active], True)
             if not added:
                 np.dot(h_n[:n_active], R_t, work[:n_active])
@@ -618,7 +674,9 @@ def lstm_backward(
         (a network's first layer: nothing needs the gradient of its input).
     dW, dR, dbias, dW_proj
         OUT. Gradients with respect to ``W``, ``R``, ``bias`` and ``W_proj``
-        (``dW_proj`` has 0 rows without projection).
+        (``dW_proj`` has 0 rows without projection). Until its own product
+        after the steps, ``dR`` holds ``R`` packed for them (see
+        :func:`_pack`).
     dh0 : ndarray of shape (B, P)
         OUT. Gradient with respect to the initial hidden state.
     dc0 : ndarray of shape (B, H)
@@ -638,6 +696,9 @@ def lstm_backward(
     # the backward walk reaches the step where that row's final state was made.
     dh0[:] = dh_n
     dc0[:] = dc_n
+    # R packed for the steps' dG R where the AVX2 tiles run them, in dR's
+    # memory: dR is written only after the loop, by its own product.
+    packed = _pack(R, False, dR)
     offset = n_rows if not reverse else 0
     for step in range(n_steps):
         t = step if reverse else n_steps - 1 - step
@@ -658,7 +719,10 @@ def lstm_backward(
             _gates_backward(gates, TC, Cprev, row, dM if project else dh0, dc0, r, dG, hidden,
                             gate_kind, state_kind)
         # Only the recurrent part of dh is needed inside the loop.
-        _matmul(dG[offset:offset + n_active], R, dh0[:n_active])
+        if packed:
+            _own_gemm_packed(dG[offset:offset + n_active], dR, R.shape[1], dh0[:n_active], False)
+        else:
+            _matmul(dG[offset:offset + n_active], R, dh0[:n_active])
         if reverse:
             offset += n_active
     # Whole-batch GEMMs instead of one small GEMM per step.

@@ -34,7 +34,9 @@
  * to 8 registers per row, and products of at least 256 columns (with A not
  * transposed) "quad" tiles of up to 6 rows by 4 registers (see there).
  * Weight gradients with a narrow C are computed transposed (see
- * fastlstm_swap_pays).
+ * fastlstm_swap_pays). With the AVX2 tiles, a B that every step of a
+ * sequence multiplies by (the recurrent weights) can be packed once into
+ * the panels the tiles read (fastlstm_pack_b, fastlstm_sgemm_packed).
  *
  * Determinism: every C[i, j] is summed in the same order (p ascending, one
  * fused multiply-add per p, a new partial sum per KC block added to C)
@@ -375,6 +377,16 @@ static inline void fastlstm_prefetch_ahead(const float *c_tile, ptrdiff_t ldc,
                                                                     : panel_columns);
 }
 
+/* How many steps of p the block starting with left steps to go takes:
+ * KC, or all of them when fewer than KC + KC / 4 are left (a remainder
+ * under KC / 4 joins the last block rather than costing a pass over C of
+ * its own). Every element's sum adds one partial sum per block to C, so
+ * this cut is part of what fixes C's bits. */
+static inline ptrdiff_t fastlstm_block_depth(ptrdiff_t left)
+{
+    return left > FASTLSTM_KC + FASTLSTM_KC / 4 ? FASTLSTM_KC : left;
+}
+
 /* One block of KC (or fewer) steps of p over the whole of C. */
 static void fastlstm_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
                                 const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
@@ -612,11 +624,7 @@ static int fastlstm_sgemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
         }
     }
     for (p0 = 0; p0 < k; p0 += kc) {
-        kc = k - p0;
-        /* Blocks of KC; a remainder under KC / 4 joins the last block
-         * rather than costing a pass over C of its own. */
-        if (kc > FASTLSTM_KC + FASTLSTM_KC / 4)
-            kc = FASTLSTM_KC;
+        kc = fastlstm_block_depth(k - p0);
         (isa == FASTLSTM_ISA_AVX512 ? fastlstm_gemm_block : fastlstm_avx2_gemm_block)(
             m, n, kc, a + p0 * a_col_stride, a_row_stride, a_col_stride, b + p0 * ldb, ldb,
             c, ldc, accumulate || p0 > 0);
@@ -625,6 +633,71 @@ static int fastlstm_sgemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
 #else
     (void)m; (void)n; (void)k; (void)a; (void)a_row_stride; (void)a_col_stride;
     (void)b; (void)ldb; (void)accumulate; (void)c; (void)ldc;
+    return 1;
+#endif
+}
+
+/* Whether fastlstm_pack_b packs (1) or refuses (0): a switch for tests and
+ * benchmarks, which compare the kernels with and without packing. */
+static int fastlstm_packing_state = 1;
+
+static void fastlstm_set_packing(int enabled)
+{
+    fastlstm_packing_state = enabled != 0;
+}
+
+/* Pack B (k x n; with transposed, b holds B^T, n x k) into out (k * n
+ * floats) for fastlstm_sgemm_packed: see "Products with a packed B" in
+ * own_gemm_avx2.h. Returns 0 when packed, and 1, leaving out untouched,
+ * where the products do not run on the AVX2 tiles (BLAS, or AVX-512,
+ * whose tiles read B in place) or packing is switched off: the caller then
+ * keeps B as it is and calls fastlstm_sgemm. */
+static int fastlstm_pack_b(ptrdiff_t k, ptrdiff_t n, const float *b, ptrdiff_t ldb,
+                           int transposed, float *out)
+{
+#if FASTLSTM_HAVE_SIMD_CODE
+    if (!fastlstm_packing_state || fastlstm_gemm_enabled() != FASTLSTM_ISA_AVX2)
+        return 1;
+    fastlstm_avx2_pack_b(k, n, b, ldb, transposed, out);
+    return 0;
+#else
+    (void)k; (void)n; (void)b; (void)ldb; (void)transposed; (void)out;
+    return 1;
+#endif
+}
+
+/* C = [C +] A B, B packed by fastlstm_pack_b; every element the same bits
+ * as fastlstm_sgemm's. Runs the AVX2 tiles whatever the switch says since
+ * the packing (the layout is theirs); returns 1 only where the CPU has no
+ * AVX2, which fastlstm_pack_b has then refused. */
+static int fastlstm_sgemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                                 const float *a, ptrdiff_t a_row_stride,
+                                 ptrdiff_t a_col_stride, const float *packed_b,
+                                 int accumulate, float *c, ptrdiff_t ldc)
+{
+#if FASTLSTM_HAVE_SIMD_CODE
+    ptrdiff_t p0, kc, i, j;
+    if (fastlstm_gemm_cpu_supported() < FASTLSTM_ISA_AVX2)
+        return 1;
+    if (m <= 0 || n <= 0)
+        return 0;
+    if (k <= 0) {
+        if (!accumulate)
+            for (i = 0; i < m; i++)
+                for (j = 0; j < n; j++)
+                    c[i * ldc + j] = 0.0f;
+        return 0;
+    }
+    for (p0 = 0; p0 < k; p0 += kc) {
+        kc = fastlstm_block_depth(k - p0);
+        fastlstm_avx2_packed_gemm_block(m, n, kc, a + p0 * a_col_stride, a_row_stride,
+                                        a_col_stride, packed_b + p0 * n, c, ldc,
+                                        accumulate || p0 > 0);
+    }
+    return 0;
+#else
+    (void)m; (void)n; (void)k; (void)a; (void)a_row_stride; (void)a_col_stride;
+    (void)packed_b; (void)accumulate; (void)c; (void)ldc;
     return 1;
 #endif
 }
@@ -640,6 +713,24 @@ static int fastlstm_sgemm_addresses(int64_t m, int64_t n, int64_t k, uintptr_t a
                           (ptrdiff_t)a_row_stride, (ptrdiff_t)a_col_stride,
                           (const float *)b, (ptrdiff_t)ldb, (int)accumulate,
                           (float *)c, (ptrdiff_t)ldc);
+}
+
+static int fastlstm_pack_b_addresses(int64_t k, int64_t n, uintptr_t b, int64_t ldb,
+                                     int64_t transposed, uintptr_t out)
+{
+    return fastlstm_pack_b((ptrdiff_t)k, (ptrdiff_t)n, (const float *)b, (ptrdiff_t)ldb,
+                           (int)transposed, (float *)out);
+}
+
+static int fastlstm_sgemm_packed_addresses(int64_t m, int64_t n, int64_t k, uintptr_t a,
+                                           int64_t a_row_stride, int64_t a_col_stride,
+                                           uintptr_t packed_b, int64_t accumulate,
+                                           uintptr_t c, int64_t ldc)
+{
+    return fastlstm_sgemm_packed((ptrdiff_t)m, (ptrdiff_t)n, (ptrdiff_t)k, (const float *)a,
+                                 (ptrdiff_t)a_row_stride, (ptrdiff_t)a_col_stride,
+                                 (const float *)packed_b, (int)accumulate, (float *)c,
+                                 (ptrdiff_t)ldc);
 }
 
 static int fastlstm_transpose_addresses(int64_t m, int64_t n, uintptr_t a, int64_t lda,

@@ -341,4 +341,170 @@ static void fastlstm_avx2_transpose_block(ptrdiff_t rows, ptrdiff_t columns, con
     }
 }
 
+/* -- Products with a packed B ---------------------------------------------
+ *
+ * The recurrent product of every step (h R^T forward, dG R backward)
+ * multiplies by the same B at every step of a sequence. In place, the rows
+ * of a 16-column panel of B are ldb floats apart (4 kB for W3's R^T, 4H =
+ * 1024), each in a page of its own, where the hardware prefetchers do not
+ * follow: every step's panel copy (fastlstm_avx2_packed_panel) waits on
+ * its rows, and chunks of fewer than 6 row blocks (W1's 27 rows) read B in
+ * place. Packed once per kernel call into the layout below, every step
+ * reads B from start to end. Measured on Zen 3 (medians of 21 alternated
+ * rounds of 100 steps): W3's 64 x 256 by 256 x 1024, 80 -> 91 GFLOP/s;
+ * W3's backward 64 x 1024 by 1024 x 256, 65 -> 70; W2's 64 x 64 by 64 x
+ * 256, 67 -> 72. The tiles, and so the order of every sum, are those of
+ * fastlstm_avx2_gemm_block: C's bits do not change.
+ *
+ * Layout of a packed k x n B: its blocks of p as fastlstm_sgemm cuts them
+ * (fastlstm_block_depth), in order; within the block of kc steps starting
+ * at p0, its panels of 16 columns in order, the last one as wide as the
+ * columns left (w); each panel kc rows of w floats, one after the other.
+ * So the panel of columns j0 to j0 + w of the block at p0 starts at
+ * p0 * n + j0 * kc, and the whole takes k * n floats. */
+
+/* Copy B (k x n) into out in the packed layout. With transposed, b holds
+ * B^T (n x k, rows ldb apart: the forward kernel's R, whose transpose is
+ * the B of h R^T), turned in 8 x 8 register blocks; else B (k x n, rows
+ * ldb apart). */
+static void fastlstm_avx2_pack_b(ptrdiff_t k, ptrdiff_t n, const float *b, ptrdiff_t ldb,
+                                 int transposed, float *out)
+{
+    ptrdiff_t p0, kc, j0, p, j, w;
+    for (p0 = 0; p0 < k; p0 += kc) {
+        kc = fastlstm_block_depth(k - p0);
+        for (j0 = 0; j0 < n; j0 += 16) {
+            float *panel = out + p0 * n + j0 * kc;
+            w = n - j0 < 16 ? n - j0 : 16;
+            if (transposed) {
+                for (j = 0; j < w; j += 8)
+                    for (p = 0; p < kc; p += 8)
+                        fastlstm_avx2_transpose_block(w - j < 8 ? w - j : 8,
+                                                      kc - p < 8 ? kc - p : 8,
+                                                      b + (j0 + j) * ldb + p0 + p, ldb,
+                                                      panel + p * w + j, w);
+            } else {
+                for (p = 0; p < kc; p++)
+                    for (j = 0; j < w; j++)
+                        panel[p * w + j] = b[(p0 + p) * ldb + j0 + j];
+            }
+        }
+    }
+}
+
+/* Tiles of one to three rows over NP whole packed panels side by side
+ * (panel_stride floats apart, 16 columns each), for the steps where one to
+ * three sequences are still active: as the skinny tiles, up to 8 registers
+ * per row (4 for two or three rows) keep the multiply-adds independent. */
+#define FASTLSTM_DEFINE_AVX2_PANELS_TILE(MR, NP)                                    \
+__attribute__((target("avx2,fma")))                                                 \
+static void fastlstm_avx2_panels_tile_##MR##_##NP(                                  \
+    ptrdiff_t k, const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs, const float *b,     \
+    ptrdiff_t panel_stride, float *c, ptrdiff_t ldc, int accumulate)                \
+{                                                                                   \
+    __m256 acc[MR][2 * NP];                                                         \
+    _Pragma("GCC unroll 8")                                                         \
+    for (int i = 0; i < MR; i++) {                                                  \
+        _Pragma("GCC unroll 8")                                                     \
+        for (int v = 0; v < 2 * NP; v++)                                            \
+            acc[i][v] = _mm256_setzero_ps();                                        \
+    }                                                                               \
+    for (ptrdiff_t p = 0; p < k; p++) {                                             \
+        const float *a_p = a + p * a_cs;                                            \
+        __m256 b_v[2 * NP];                                                         \
+        _Pragma("GCC unroll 8")                                                     \
+        for (int v = 0; v < 2 * NP; v++)                                            \
+            b_v[v] = _mm256_loadu_ps(b + (v / 2) * panel_stride + 16 * p + 8 * (v % 2)); \
+        _Pragma("GCC unroll 8")                                                     \
+        for (int i = 0; i < MR; i++) {                                              \
+            const __m256 a_ip = _mm256_broadcast_ss(a_p + i * a_rs);                \
+            _Pragma("GCC unroll 8")                                                 \
+            for (int v = 0; v < 2 * NP; v++)                                        \
+                acc[i][v] = _mm256_fmadd_ps(a_ip, b_v[v], acc[i][v]);               \
+        }                                                                           \
+    }                                                                               \
+    _Pragma("GCC unroll 8")                                                         \
+    for (int i = 0; i < MR; i++) {                                                  \
+        float *c_i = c + i * ldc;                                                   \
+        _Pragma("GCC unroll 8")                                                     \
+        for (int v = 0; v < 2 * NP; v++) {                                          \
+            __m256 value = acc[i][v];                                               \
+            if (accumulate)                                                         \
+                value = _mm256_add_ps(_mm256_loadu_ps(c_i + 8 * v), value);         \
+            _mm256_storeu_ps(c_i + 8 * v, value);                                   \
+        }                                                                           \
+    }                                                                               \
+}
+
+FASTLSTM_DEFINE_AVX2_PANELS_TILE(1, 1) FASTLSTM_DEFINE_AVX2_PANELS_TILE(1, 2)
+FASTLSTM_DEFINE_AVX2_PANELS_TILE(1, 3) FASTLSTM_DEFINE_AVX2_PANELS_TILE(1, 4)
+FASTLSTM_DEFINE_AVX2_PANELS_TILE(2, 1) FASTLSTM_DEFINE_AVX2_PANELS_TILE(2, 2)
+FASTLSTM_DEFINE_AVX2_PANELS_TILE(3, 1) FASTLSTM_DEFINE_AVX2_PANELS_TILE(3, 2)
+
+typedef void (*fastlstm_avx2_panels_tile_fn)(ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
+                                             const float *, ptrdiff_t, float *, ptrdiff_t, int);
+
+/* [rows][panels]; rows of 2 and 3 stop at 2 panels (4 registers). */
+static const fastlstm_avx2_panels_tile_fn
+fastlstm_avx2_panels_tiles[FASTLSTM_AVX2_SKINNY_ROWS + 1][5] = {
+    {NULL},
+    {NULL, fastlstm_avx2_panels_tile_1_1, fastlstm_avx2_panels_tile_1_2,
+     fastlstm_avx2_panels_tile_1_3, fastlstm_avx2_panels_tile_1_4},
+    {NULL, fastlstm_avx2_panels_tile_2_1, fastlstm_avx2_panels_tile_2_2},
+    {NULL, fastlstm_avx2_panels_tile_3_1, fastlstm_avx2_panels_tile_3_2},
+};
+
+/* One block of kc steps of p over the whole of C, B's block packed at
+ * packed (its panels as laid out above): fastlstm_avx2_gemm_block's
+ * walk, each tile reading its panel with rows w floats apart. */
+static void fastlstm_avx2_packed_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
+                                            const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
+                                            const float *packed, float *c, ptrdiff_t ldc,
+                                            int accumulate)
+{
+    const ptrdiff_t n_row_blocks = (m + FASTLSTM_AVX2_MR_MAX - 1) / FASTLSTM_AVX2_MR_MAX;
+    const ptrdiff_t base = m / n_row_blocks, extra = m % n_row_blocks;
+    const ptrdiff_t chunk_blocks = FASTLSTM_AVX2_CHUNK_ROWS / FASTLSTM_AVX2_MR_MAX;
+    const int prefetch_c = accumulate && m * n >= FASTLSTM_PREFETCH_MIN_FLOATS;
+    const ptrdiff_t whole_panels = n / 16, panel_stride = 16 * kc;
+    ptrdiff_t chunk, block, i0, j0, rows, q;
+    if (m <= FASTLSTM_AVX2_SKINNY_ROWS) {
+        const ptrdiff_t np_max = m == 1 ? 4 : 2;
+        for (q = 0; q < whole_panels; q += np_max) {
+            const ptrdiff_t np = whole_panels - q < np_max ? whole_panels - q : np_max;
+            fastlstm_avx2_panels_tiles[m][np](kc, a, a_rs, a_cs, packed + q * panel_stride,
+                                              panel_stride, c + 16 * q, ldc, accumulate);
+        }
+        if (n > 16 * whole_panels) {
+            const ptrdiff_t w = n - 16 * whole_panels;
+            fastlstm_avx2_skinny_tiles[m][(w + 7) / 8][1](
+                kc, a, a_rs, a_cs, packed + whole_panels * panel_stride, w,
+                c + 16 * whole_panels, ldc, w, accumulate);
+        }
+        return;
+    }
+    for (chunk = 0; chunk < n_row_blocks; chunk += chunk_blocks) {
+        const ptrdiff_t chunk_i0 = chunk * base + (chunk < extra ? chunk : extra);
+        const ptrdiff_t last = chunk + chunk_blocks < n_row_blocks ? chunk + chunk_blocks
+                                                                   : n_row_blocks;
+        for (j0 = 0; j0 < n; j0 += 16) {
+            const ptrdiff_t w = n - j0 < 16 ? n - j0 : 16;
+            const int one_register = w <= 8;
+            const int masked = w < (one_register ? 8 : 16);
+            const float *panel = packed + j0 * kc;
+            for (block = chunk, i0 = chunk_i0; block < last; block++, i0 += rows) {
+                rows = base + (block < extra);
+                if (prefetch_c)
+                    fastlstm_prefetch_ahead(c + i0 * ldc + j0, ldc, rows, j0, n - j0, 16);
+                if (one_register)
+                    fastlstm_avx2_tiles_1[rows][masked](kc, a + i0 * a_rs, a_rs, a_cs, panel, w,
+                                                        c + i0 * ldc + j0, ldc, w, accumulate);
+                else
+                    fastlstm_avx2_tiles_2[rows][masked](kc, a + i0 * a_rs, a_rs, a_cs, panel, w,
+                                                        c + i0 * ldc + j0, ldc, w, accumulate);
+            }
+        }
+    }
+}
+
 #endif  /* FASTLSTM_OWN_GEMM_AVX2_H */

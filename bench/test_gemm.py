@@ -61,7 +61,7 @@ def test_gemm(benchmark, device, name, impl):
                      warmup_rounds=ROUNDS[1])
         np.testing.assert_allclose(C, A.astype(np.float64) @ B, rtol=0, atol=1e-3 * np.sqrt(k))
     elif impl == "fastlstm-packed":
-        # The per-step products as the numba kernels run them with the AVX2
+        # The per-step products as the CPU kernels run them with the AVX2
         # tiles: B (the recurrent weights) packed once, outside the timing.
         packed = _gemm.pack(B) if "(per step)" in name else None
         if packed is None:

@@ -329,17 +329,33 @@ def test_pack_refuses_where_the_avx2_tiles_do_not_run(own_gemm_off):
             _gemm.set_packing(previous)
 
 
-# The numba kernels pack R where the AVX2 tiles run (the forward's R^T into
+def _forward_workspace_weights(backend, batch, layer, reverse):
+    """The rows of the forward kernel's workspace that take R^T, after a prediction pass."""
+    n_rows, n_features = batch.X.shape
+    batch_size, state = layer["h0"].shape
+    hidden = layer["c0"].shape[1]
+    work = np.zeros((batch_size + n_features + state + 1, 4 * hidden), np.float32)
+    M = np.zeros((n_rows, hidden), np.float32) if layer["W_proj"].shape[0] else layer["W_proj"]
+    backend.forward(batch.X, batch.batch_sizes, layer["W"], layer["R"], layer["bias"],
+                    layer["W_proj"], layer["h0"], layer["c0"], reverse, 0, 0,
+                    np.zeros((n_rows, state), np.float32), np.zeros((0, state), np.float32),
+                    np.zeros((0, hidden), np.float32), np.zeros((0, hidden), np.float32),
+                    np.zeros((n_rows, 4 * hidden), np.float32), M,
+                    np.zeros((batch_size, state), np.float32),
+                    np.zeros((batch_size, hidden), np.float32), work)
+    return work[batch_size + n_features:-1]
+
+
+# The CPU kernels pack R where the AVX2 tiles run (the forward's R^T into
 # its workspace, the backward's R into dR); with packing switched off they
 # read R in place. Both must give the same bits: ragged lengths (steps of
 # 1-3 active rows), 4H = 360 (two blocks of k in the backward's dG R), a
 # projection (P = 7: one partial panel).
+@pytest.mark.parametrize("backend_name", ["numba", "cython"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("proj_size", [0, 7])
-def test_numba_kernels_give_the_same_bits_with_r_packed_and_in_place(reverse, proj_size):
+def test_kernels_give_the_same_bits_with_r_packed_and_in_place(backend_name, reverse, proj_size):
     skip_unless_supported("avx2")
-    from fastlstm._kernels import numba_lstm
-
     rng = np.random.default_rng(5)
     lengths = [23, 23, 17, 9, 4, 2, 2, 1]
     hidden, n_features = 90, 11
@@ -354,12 +370,12 @@ def test_numba_kernels_give_the_same_bits_with_r_packed_and_in_place(reverse, pr
         results = []
         for packing in (True, False):
             _gemm.set_packing(packing)
-            # What the kernels do with R: the documented layout, or nothing.
-            R_t = np.zeros((state, 4 * hidden), np.float32)
-            assert numba_lstm._pack(layer["R"], True, R_t) == packing
-            np.testing.assert_array_equal(R_t.ravel(),
-                                          packed_layout(layer["R"].T) if packing else 0)
-            results.append(run_direction(get_backend("numba"), batch, layer, reverse, 0, 0,
+            # What the forward kernel leaves in its workspace: R^T in the
+            # documented layout, or R^T row by row.
+            R_t = _forward_workspace_weights(get_backend(backend_name), batch, layer, reverse)
+            np.testing.assert_array_equal(
+                R_t.ravel(), packed_layout(layer["R"].T) if packing else layer["R"].T.ravel())
+            results.append(run_direction(get_backend(backend_name), batch, layer, reverse, 0, 0,
                                          dH, dh_n, dc_n))
     finally:
         _gemm.set_isa(previous_isa)

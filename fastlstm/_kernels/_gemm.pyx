@@ -71,6 +71,21 @@ cdef int stranspose(Py_ssize_t m, Py_ssize_t n, const float *a, Py_ssize_t lda, 
     return fastlstm_transpose(m, n, a, lda, out, ldo)
 
 
+cdef int spack(Py_ssize_t k, Py_ssize_t n, const float *b, Py_ssize_t ldb, bint transposed,
+               float *out) noexcept nogil:
+    """Pack ``B`` (k x n; ``B^T`` if transposed) into ``out`` for :c:func:`sgemm_packed`;
+    0 if done, 1 where the products do not read the packed layout (see own_gemm.h)."""
+    return fastlstm_pack_b(k, n, b, ldb, transposed, out)
+
+
+cdef int sgemm_packed(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a,
+                      Py_ssize_t a_row_stride, Py_ssize_t a_col_stride, const float *packed_b,
+                      bint accumulate, float *c, Py_ssize_t ldc) noexcept nogil:
+    """``C = [C +] A B`` with B packed by :c:func:`spack`; 0 if done (see own_gemm.h)."""
+    return fastlstm_sgemm_packed(m, n, k, a, a_row_stride, a_col_stride, packed_b, accumulate,
+                                 c, ldc)
+
+
 cdef bint sgemm_enabled() noexcept nogil:
     """Whether :c:func:`sgemm` computes float32 products now (else it returns 1)."""
     return fastlstm_gemm_enabled() != 0
@@ -140,7 +155,7 @@ _packing = True
 
 
 def set_packing(flag):
-    """Let :func:`pack` (and the numba kernels, which pack their recurrent
+    """Let :func:`pack` (and the CPU kernels, which pack their recurrent
     weights) pack B (``True``, the default) or refuse (``False``); returns
     the previous setting. Meant for tests and benchmarks, which compare the
     two: the products give the same bits either way.

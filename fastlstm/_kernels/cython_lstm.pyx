@@ -84,6 +84,7 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 from fastlstm._kernels._gemm cimport sgemm as own_sgemm, sgemm_enabled as own_sgemm_enabled
 from fastlstm._kernels._gemm cimport stranspose as own_transpose
+from fastlstm._kernels._gemm cimport spack as own_pack, sgemm_packed as own_sgemm_packed
 
 # Cython has no ``restrict``; these typedefs give the pointwise loops C99
 # restrict-qualified pointers (see "Pointwise part of one step").
@@ -239,6 +240,38 @@ cdef inline void _gemm(
     else:
         dgemm(&transb, &transa, &n, &m, &k, &alpha, <double *> b, &ldb,
               <double *> a, &lda, &beta, c, &ldc)
+
+
+cdef inline bint _pack(
+    Py_ssize_t k,
+    Py_ssize_t n,
+    const floating *b,      # IN  [k, n], or [n, k] if transposed
+    Py_ssize_t ldb,         # IN  row stride of b
+    bint transposed,
+    floating *out,          # OUT [k * n]
+) noexcept nogil:
+    """Pack ``op(b)`` for :func:`_packed_gemm` where the AVX2 tiles run the
+    products (``own_gemm_avx2.h``: every step of a sequence then reads its
+    recurrent weights in order); False, with ``out`` untouched, elsewhere
+    (float64, BLAS, AVX-512)."""
+    if floating is float:
+        return own_pack(k, n, b, ldb, transposed, out) == 0
+    else:
+        return False
+
+
+cdef inline void _packed_gemm(
+    Py_ssize_t m,
+    Py_ssize_t n,
+    Py_ssize_t k,
+    const floating *a,      # IN  [m, k]
+    const floating *packed, # IN  B [k, n] packed by _pack
+    bint accumulate,
+    floating *c,            # IN/OUT [m, n]
+) noexcept nogil:
+    """``c = [c +] a B``: the bits of :func:`_gemm`'s own-GEMM product."""
+    if floating is float:
+        own_sgemm_packed(m, n, k, a, k, 1, packed, accumulate, c, n)
 
 
 cdef inline void _copy(
@@ -465,7 +498,7 @@ cdef void _forward_pass(
     floating *M,                # OUT [N, H], or NULL without projection
     floating *h_n,              # OUT [B, P]
     floating *c_n,              # OUT [B, H]
-    floating *weights_t,        # OUT [I + P, 4H] (workspace), or NULL
+    floating *weights_t,        # OUT [I + P, 4H] (workspace: W^T, R^T or R^T packed), or NULL
     Py_ssize_t n_rows,
     Py_ssize_t n_steps,
     Py_ssize_t batch_size,
@@ -485,9 +518,13 @@ cdef void _forward_pass(
     cdef const floating *W_op = W
     cdef const floating *R_op = R
     cdef int ld_W = n_in, ld_R = state
+    # R^T packed for the steps' products where the AVX2 tiles run them.
+    cdef bint packed = False
     if transposed:
         _transpose(n_gates, n_in, W, weights_t)
-        _transpose(n_gates, state, R, weights_t + n_in * n_gates)
+        packed = _pack(state, n_gates, R, state, True, weights_t + n_in * n_gates)
+        if not packed:
+            _transpose(n_gates, state, R, weights_t + n_in * n_gates)
         W_op, R_op = weights_t, weights_t + n_in * n_gates
         ld_W = ld_R = n_gates
 
@@ -505,8 +542,11 @@ cdef void _forward_pass(
         if reverse:
             offset -= n_active
         # The recurrent GEMM on the active rows only, added to the input part.
-        _gemm(False, not transposed, n_active, n_gates, state, 1, h_n, state, R_op, ld_R,
-              1, gates + offset * n_gates, n_gates)
+        if packed:
+            _packed_gemm(n_active, n_gates, state, h_n, R_op, True, gates + offset * n_gates)
+        else:
+            _gemm(False, not transposed, n_active, n_gates, state, 1, h_n, state, R_op, ld_R,
+                  1, gates + offset * n_gates, n_gates)
         if keep:
             _copy(n_active * state, h_n, Hprev + offset * state)
             _copy(n_active * hidden, c_n, Cprev + offset * hidden)
@@ -545,7 +585,7 @@ cdef void _backward_pass(
     const floating *dc_n,       # IN  [B, H]
     floating *dX,               # OUT [N, I], or NULL: not computed
     floating *dW,               # OUT [4H, I]
-    floating *dR,               # OUT [4H, P]
+    floating *dR,               # OUT [4H, P]; R packed (_pack) until the product after the steps
     floating *dbias,            # OUT [4H]
     floating *dW_proj,          # OUT [P, H], or NULL without projection
     floating *dh0,              # OUT [B, P]
@@ -565,6 +605,9 @@ cdef void _backward_pass(
     cdef bint project = W_proj != NULL
     cdef const floating *dm
     cdef const floating *dg_row
+    # R packed for the steps' dG R where the AVX2 tiles run them, in dR's
+    # memory: dR is written only after the loop, by its own product.
+    cdef bint packed = _pack(n_gates, state, R, state, False, dR)
 
     # dh0/dc0 carry the running state gradient; a row keeps dh_n/dc_n until
     # the backward walk reaches the step where that row's final state was made.
@@ -590,8 +633,11 @@ cdef void _backward_pass(
                                 TC + offset * hidden, Cprev + offset * hidden, dm,
                                 dc0, dG + offset * n_gates, gate_kind, state_kind)
         # Only the recurrent part of dh is needed inside the loop.
-        _gemm(False, False, n_active, state, n_gates, 1, dG + offset * n_gates,
-              n_gates, R, state, 0, dh0, state)
+        if packed:
+            _packed_gemm(n_active, state, n_gates, dG + offset * n_gates, dR, False, dh0)
+        else:
+            _gemm(False, False, n_active, state, n_gates, 1, dG + offset * n_gates,
+                  n_gates, R, state, 0, dh0, state)
         if reverse:
             offset += n_active
     # Whole-batch GEMMs instead of one small GEMM per step.

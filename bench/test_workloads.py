@@ -40,6 +40,16 @@ INFER_ROUNDS = (200, 10)
 BUSY_ROUNDS = (60, 5)
 INTERLEAVED_BLOCKS, INTERLEAVED_BLOCK, INTERLEAVED_BLOCK_WARMUP = 24, 12, 2
 INTERLEAVED_BUDGET_S = 5.0
+# Per workload: (blocks, steps per block, uncounted steps per block, budget in
+# seconds, warm-up steps before the first block). A W3 step takes 0.5-1 s:
+# two ABBA cycles of 3-step blocks, 8 counted steps each, ~30 s.
+INTERLEAVED_TRAIN = {
+    "W1": (INTERLEAVED_BLOCKS, INTERLEAVED_BLOCK, INTERLEAVED_BLOCK_WARMUP,
+           INTERLEAVED_BUDGET_S, 5),
+    "W2": (INTERLEAVED_BLOCKS, INTERLEAVED_BLOCK, INTERLEAVED_BLOCK_WARMUP,
+           INTERLEAVED_BUDGET_S, 5),
+    "W3": (8, 3, 1, 60.0, 1),
+}
 INFER_INTERLEAVED_BLOCK, INFER_INTERLEAVED_WARMUP = 60, 20
 INFER_INTERLEAVED_BUDGET_S = 3.0
 JV_EPOCHS, JV_QUICK_EPOCHS = 100, 10
@@ -176,13 +186,14 @@ def _alternate_blocks(calls, *, block, block_warmup, budget_s, max_cycles=None):
     return times
 
 
-@pytest.mark.parametrize("name", ["W1", "W2"])
+@pytest.mark.parametrize("name", list(INTERLEAVED_TRAIN))
 def test_train_interleaved(benchmark, fastlstm_ready, torch_ready, device, name):
     """fastlstm and PyTorch (2 threads) in alternating blocks, so that drift
     hits both alike.
 
-    Blocks of ``INTERLEAVED_BLOCK`` back-to-back steps, in ABBA order; the
-    first ``INTERLEAVED_BLOCK_WARMUP`` steps of each block are not counted.
+    Blocks of back-to-back steps (``INTERLEAVED_TRAIN``: 12 for W1 and W2,
+    3 for W3), in ABBA order; the first steps of each block (2, or 1 for
+    W3) are not counted.
     (Alternating single steps penalises whichever runs second: measured
     here, a fastlstm W1 step right after a PyTorch step takes 7.5-8 ms
     instead of 4.9 ms, with cold caches and a sleeping worker thread;
@@ -197,25 +208,25 @@ def test_train_interleaved(benchmark, fastlstm_ready, torch_ready, device, name)
     fast = wl.FastlstmTrainStep(spec)
     torch_step = wl.TorchTrainStep(spec, device=device)
     times = {}
+    n_blocks, block, block_warmup, budget_s, warmup = INTERLEAVED_TRAIN[name]
 
     def alternate():
         with fast, torch_threads(TORCH_THREADS):
-            for _ in range(5):
+            for _ in range(warmup):
                 fast.step()
                 torch_step.step()
             times.update(_alternate_blocks(
-                {"fastlstm": fast.step, "torch": torch_step.step}, block=INTERLEAVED_BLOCK,
-                block_warmup=INTERLEAVED_BLOCK_WARMUP, budget_s=INTERLEAVED_BUDGET_S,
-                max_cycles=INTERLEAVED_BLOCKS // 4))
+                {"fastlstm": fast.step, "torch": torch_step.step}, block=block,
+                block_warmup=block_warmup, budget_s=budget_s, max_cycles=n_blocks // 4))
 
     run_once(benchmark, alternate)
     medians = {name: float(np.median(values)) for name, values in times.items()}
     record(benchmark, workload=f"{name}-train", impl="interleaved", label="interleaved A/B",
            flops=spec.train_flops(), medians_s=medians, labels={"torch": "torch"},
            speedup=medians["torch"] / medians["fastlstm"],
-           counted=f"{len(times['fastlstm'])} steps each, blocks of {INTERLEAVED_BLOCK} "
+           counted=f"{len(times['fastlstm'])} steps each, blocks of {block} "
                    "back-to-back steps in ABBA order",
-           block=INTERLEAVED_BLOCK, block_warmup=INTERLEAVED_BLOCK_WARMUP,
+           block=block, block_warmup=block_warmup,
            threads_fastlstm=fast.n_threads, threads_torch=TORCH_THREADS)
 
 

@@ -58,6 +58,15 @@ def reference_product(A, B):
     return A.astype(np.float64) @ B.astype(np.float64)
 
 
+def random_direction_case(rng, lengths, n_features, hidden, proj_size, dtype):
+    """A packed batch, a layer's weights, and dH, dh_n, dc_n (float64) for its backward."""
+    state = proj_size or hidden
+    batch = random_packed_batch(rng, lengths, n_features, dtype)
+    layer = random_layer(rng, n_features, hidden, len(lengths), dtype, proj_size=proj_size)
+    return (batch, layer, rng.standard_normal((batch.X.shape[0], state)),
+            rng.standard_normal((len(lengths), state)), rng.standard_normal((len(lengths), hidden)))
+
+
 def relative_error(actual, expected):
     scale = max(np.abs(expected).max(), 1e-30)
     return np.abs(actual - expected).max() / scale
@@ -359,12 +368,8 @@ def test_kernels_give_the_same_bits_with_r_packed_and_in_place(backend_name, rev
     rng = np.random.default_rng(5)
     lengths = [23, 23, 17, 9, 4, 2, 2, 1]
     hidden, n_features = 90, 11
-    state = proj_size or hidden
-    batch = random_packed_batch(rng, lengths, n_features, np.float32)
-    layer = random_layer(rng, n_features, hidden, len(lengths), np.float32, proj_size=proj_size)
-    dH = rng.standard_normal((batch.X.shape[0], state))
-    dh_n = rng.standard_normal((len(lengths), state))
-    dc_n = rng.standard_normal((len(lengths), hidden))
+    batch, layer, dH, dh_n, dc_n = random_direction_case(rng, lengths, n_features, hidden,
+                                                         proj_size, np.float32)
     previous_isa, previous_packing = _gemm.set_isa("avx2"), _gemm.set_packing(True)
     try:
         results = []
@@ -428,12 +433,8 @@ def test_float32_kernels_match_reference_with_and_without_own_gemm(gemm, backend
     rng = np.random.default_rng(3)
     lengths = list(rng.integers(1, 30, size=31))
     hidden, n_features = 37, 19
-    state = proj_size or hidden
-    batch64 = random_packed_batch(rng, lengths, n_features, np.float64)
-    layer64 = random_layer(rng, n_features, hidden, len(lengths), np.float64, proj_size=proj_size)
-    dH = rng.standard_normal((batch64.X.shape[0], state))
-    dh_n = rng.standard_normal((len(lengths), state))
-    dc_n = rng.standard_normal((len(lengths), hidden))
+    batch64, layer64, dH, dh_n, dc_n = random_direction_case(rng, lengths, n_features, hidden,
+                                                             proj_size, np.float64)
     expected = run_direction(get_backend("reference"), batch64, layer64, reverse, 0, 0,
                              dH, dh_n, dc_n)
 

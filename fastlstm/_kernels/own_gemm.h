@@ -592,6 +592,26 @@ static int fastlstm_swap_pays(ptrdiff_t m, ptrdiff_t n, ptrdiff_t a_row_stride,
 }
 #endif
 
+/* A product with nothing to multiply (m, n or k empty): C is left alone,
+ * or zeroed when k is empty and not accumulating. Returns 1 when it was
+ * such a product (done), 0 otherwise. */
+#if FASTLSTM_HAVE_SIMD_CODE
+static int fastlstm_empty_product(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, int accumulate,
+                                  float *c, ptrdiff_t ldc)
+{
+    ptrdiff_t i, j;
+    if (m <= 0 || n <= 0)
+        return 1;
+    if (k > 0)
+        return 0;
+    if (!accumulate)
+        for (i = 0; i < m; i++)
+            for (j = 0; j < n; j++)
+                c[i * ldc + j] = 0.0f;
+    return 1;
+}
+#endif
+
 /* See the top of this file. Returns 0 when C was computed, 1 when the
  * caller must use BLAS. */
 static int fastlstm_sgemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
@@ -600,19 +620,12 @@ static int fastlstm_sgemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                           float *c, ptrdiff_t ldc)
 {
 #if FASTLSTM_HAVE_SIMD_CODE
-    ptrdiff_t p0, kc, i, j;
+    ptrdiff_t p0, kc;
     const int isa = fastlstm_gemm_enabled();
     if (isa == FASTLSTM_ISA_NONE)
         return 1;
-    if (m <= 0 || n <= 0)
+    if (fastlstm_empty_product(m, n, k, accumulate, c, ldc))
         return 0;
-    if (k <= 0) {
-        if (!accumulate)
-            for (i = 0; i < m; i++)
-                for (j = 0; j < n; j++)
-                    c[i * ldc + j] = 0.0f;
-        return 0;
-    }
     if (fastlstm_swap_pays(m, n, a_row_stride, a_col_stride, accumulate,
                            isa == FASTLSTM_ISA_AVX512 ? 32 : 16)) {
         float *c_t = fastlstm_swap_scratch(m * n);
@@ -676,18 +689,11 @@ static int fastlstm_sgemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                                  int accumulate, float *c, ptrdiff_t ldc)
 {
 #if FASTLSTM_HAVE_SIMD_CODE
-    ptrdiff_t p0, kc, i, j;
+    ptrdiff_t p0, kc;
     if (fastlstm_gemm_cpu_supported() < FASTLSTM_ISA_AVX2)
         return 1;
-    if (m <= 0 || n <= 0)
+    if (fastlstm_empty_product(m, n, k, accumulate, c, ldc))
         return 0;
-    if (k <= 0) {
-        if (!accumulate)
-            for (i = 0; i < m; i++)
-                for (j = 0; j < n; j++)
-                    c[i * ldc + j] = 0.0f;
-        return 0;
-    }
     for (p0 = 0; p0 < k; p0 += kc) {
         kc = fastlstm_block_depth(k - p0);
         fastlstm_avx2_packed_gemm_block(m, n, kc, a + p0 * a_col_stride, a_row_stride,

@@ -638,9 +638,13 @@ static int fastlstm_sgemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
     }
     for (p0 = 0; p0 < k; p0 += kc) {
         kc = fastlstm_block_depth(k - p0);
-        (isa == FASTLSTM_ISA_AVX512 ? fastlstm_gemm_block : fastlstm_avx2_gemm_block)(
-            m, n, kc, a + p0 * a_col_stride, a_row_stride, a_col_stride, b + p0 * ldb, ldb,
-            c, ldc, accumulate || p0 > 0);
+        if (isa == FASTLSTM_ISA_AVX512)
+            fastlstm_gemm_block(m, n, kc, a + p0 * a_col_stride, a_row_stride, a_col_stride,
+                                b + p0 * ldb, ldb, c, ldc, accumulate || p0 > 0);
+        else
+            fastlstm_avx2_gemm_block(m, n, kc, a + p0 * a_col_stride, a_row_stride,
+                                     a_col_stride, b + p0 * ldb, ldb, NULL, c, ldc,
+                                     accumulate || p0 > 0);
     }
     return 0;
 #else
@@ -696,9 +700,8 @@ static int fastlstm_sgemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
         return 0;
     for (p0 = 0; p0 < k; p0 += kc) {
         kc = fastlstm_block_depth(k - p0);
-        fastlstm_avx2_packed_gemm_block(m, n, kc, a + p0 * a_col_stride, a_row_stride,
-                                        a_col_stride, packed_b + p0 * n, c, ldc,
-                                        accumulate || p0 > 0);
+        fastlstm_avx2_gemm_block(m, n, kc, a + p0 * a_col_stride, a_row_stride, a_col_stride,
+                                 NULL, 0, packed_b + p0 * n, c, ldc, accumulate || p0 > 0);
     }
     return 0;
 #else

@@ -155,6 +155,69 @@ fastlstm_avx2_skinny_tiles[FASTLSTM_AVX2_SKINNY_ROWS + 1][FASTLSTM_AVX2_SKINNY_N
 
 static const int fastlstm_avx2_skinny_nv[FASTLSTM_AVX2_SKINNY_ROWS + 1] = {0, 8, 4, 4};
 
+/* Tiles of one to three rows over NP whole packed panels side by side
+ * (panel_stride floats apart, 16 columns each; see "Products with a packed
+ * B" below), for the steps where one to three sequences are still active:
+ * as the skinny tiles, up to 8 registers per row (4 for two or three rows)
+ * keep the multiply-adds independent. */
+#define FASTLSTM_DEFINE_AVX2_PANELS_TILE(MR, NP)                                    \
+__attribute__((target("avx2,fma")))                                                 \
+static void fastlstm_avx2_panels_tile_##MR##_##NP(                                  \
+    ptrdiff_t k, const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs, const float *b,     \
+    ptrdiff_t panel_stride, float *c, ptrdiff_t ldc, int accumulate)                \
+{                                                                                   \
+    __m256 acc[MR][2 * NP];                                                         \
+    _Pragma("GCC unroll 8")                                                         \
+    for (int i = 0; i < MR; i++) {                                                  \
+        _Pragma("GCC unroll 8")                                                     \
+        for (int v = 0; v < 2 * NP; v++)                                            \
+            acc[i][v] = _mm256_setzero_ps();                                        \
+    }                                                                               \
+    for (ptrdiff_t p = 0; p < k; p++) {                                             \
+        const float *a_p = a + p * a_cs;                                            \
+        __m256 b_v[2 * NP];                                                         \
+        _Pragma("GCC unroll 8")                                                     \
+        for (int v = 0; v < 2 * NP; v++)                                            \
+            b_v[v] = _mm256_loadu_ps(b + (v / 2) * panel_stride + 16 * p + 8 * (v % 2)); \
+        _Pragma("GCC unroll 8")                                                     \
+        for (int i = 0; i < MR; i++) {                                              \
+            const __m256 a_ip = _mm256_broadcast_ss(a_p + i * a_rs);                \
+            _Pragma("GCC unroll 8")                                                 \
+            for (int v = 0; v < 2 * NP; v++)                                        \
+                acc[i][v] = _mm256_fmadd_ps(a_ip, b_v[v], acc[i][v]);               \
+        }                                                                           \
+    }                                                                               \
+    _Pragma("GCC unroll 8")                                                         \
+    for (int i = 0; i < MR; i++) {                                                  \
+        float *c_i = c + i * ldc;                                                   \
+        _Pragma("GCC unroll 8")                                                     \
+        for (int v = 0; v < 2 * NP; v++) {                                          \
+            __m256 value = acc[i][v];                                               \
+            if (accumulate)                                                         \
+                value = _mm256_add_ps(_mm256_loadu_ps(c_i + 8 * v), value);         \
+            _mm256_storeu_ps(c_i + 8 * v, value);                                   \
+        }                                                                           \
+    }                                                                               \
+}
+
+FASTLSTM_DEFINE_AVX2_PANELS_TILE(1, 1) FASTLSTM_DEFINE_AVX2_PANELS_TILE(1, 2)
+FASTLSTM_DEFINE_AVX2_PANELS_TILE(1, 3) FASTLSTM_DEFINE_AVX2_PANELS_TILE(1, 4)
+FASTLSTM_DEFINE_AVX2_PANELS_TILE(2, 1) FASTLSTM_DEFINE_AVX2_PANELS_TILE(2, 2)
+FASTLSTM_DEFINE_AVX2_PANELS_TILE(3, 1) FASTLSTM_DEFINE_AVX2_PANELS_TILE(3, 2)
+
+typedef void (*fastlstm_avx2_panels_tile_fn)(ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
+                                             const float *, ptrdiff_t, float *, ptrdiff_t, int);
+
+/* [rows][panels]; rows of 2 and 3 stop at 2 panels (4 registers). */
+static const fastlstm_avx2_panels_tile_fn
+fastlstm_avx2_panels_tiles[FASTLSTM_AVX2_SKINNY_ROWS + 1][5] = {
+    {NULL},
+    {NULL, fastlstm_avx2_panels_tile_1_1, fastlstm_avx2_panels_tile_1_2,
+     fastlstm_avx2_panels_tile_1_3, fastlstm_avx2_panels_tile_1_4},
+    {NULL, fastlstm_avx2_panels_tile_2_1, fastlstm_avx2_panels_tile_2_2},
+    {NULL, fastlstm_avx2_panels_tile_3_1, fastlstm_avx2_panels_tile_3_2},
+};
+
 /* A copy of a full panel of B (kc rows of 16 floats, rows ldb apart) with
  * its rows contiguous, in a buffer kept per thread; NULL if it cannot be
  * allocated (the caller then reads B in place). Why: with 4H = 1024
@@ -228,12 +291,14 @@ static float *fastlstm_avx2_packed_rows(ptrdiff_t first, ptrdiff_t last, ptrdiff
  * fastlstm_gemm_block does with the AVX-512 tiles: row blocks of near-equal
  * size in chunks of about FASTLSTM_AVX2_CHUNK_ROWS rows, the panels of B
  * (16 columns, KC x 16 floats = 16 kB, in L1) walked outside the chunk's
- * row blocks. No target attribute: it would keep GCC from emitting the
- * prefetches (see fastlstm_prefetch_tile). */
+ * row blocks. B is read at b (rows ldb apart), or, where packed_b is not
+ * NULL, from this block of B packed there (see "Products with a packed B"
+ * below; b and ldb are then unused). No target attribute: it would keep
+ * GCC from emitting the prefetches (see fastlstm_prefetch_tile). */
 static void fastlstm_avx2_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
                                      const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
-                                     const float *b, ptrdiff_t ldb, float *c,
-                                     ptrdiff_t ldc, int accumulate)
+                                     const float *b, ptrdiff_t ldb, const float *packed_b,
+                                     float *c, ptrdiff_t ldc, int accumulate)
 {
     const int narrow = n <= 8;
     const ptrdiff_t mr_max = narrow ? FASTLSTM_AVX2_NARROW_MR_MAX : FASTLSTM_AVX2_MR_MAX;
@@ -243,6 +308,24 @@ static void fastlstm_avx2_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
     const ptrdiff_t chunk_blocks = FASTLSTM_AVX2_CHUNK_ROWS / mr_max;
     const int prefetch_c = accumulate && m * n >= FASTLSTM_PREFETCH_MIN_FLOATS;
     ptrdiff_t chunk, block, i0, j0, rows;
+    if (m <= FASTLSTM_AVX2_SKINNY_ROWS && !narrow && packed_b != NULL) {
+        /* Whole packed panels side by side, then the last, narrower one. */
+        const ptrdiff_t whole_panels = n / 16, panel_stride = 16 * kc;
+        const ptrdiff_t np_max = m == 1 ? 4 : 2;
+        ptrdiff_t q;
+        for (q = 0; q < whole_panels; q += np_max) {
+            const ptrdiff_t np = whole_panels - q < np_max ? whole_panels - q : np_max;
+            fastlstm_avx2_panels_tiles[m][np](kc, a, a_rs, a_cs, packed_b + q * panel_stride,
+                                              panel_stride, c + 16 * q, ldc, accumulate);
+        }
+        if (n > 16 * whole_panels) {
+            const ptrdiff_t w = n - 16 * whole_panels;
+            fastlstm_avx2_skinny_tiles[m][(w + 7) / 8][1](
+                kc, a, a_rs, a_cs, packed_b + whole_panels * panel_stride, w,
+                c + 16 * whole_panels, ldc, w, accumulate);
+        }
+        return;
+    }
     if (m <= FASTLSTM_AVX2_SKINNY_ROWS && !narrow) {
         const ptrdiff_t nv_max = fastlstm_avx2_skinny_nv[m];
         for (j0 = 0; j0 < n; j0 += 8 * nv_max) {
@@ -272,10 +355,15 @@ static void fastlstm_avx2_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
             const int masked = left < (one_register ? 8 : 16);
             const float *panel = b + j0;
             ptrdiff_t ld_panel = ldb;
-            /* Only full two-register panels: a one-register panel's tiles
-             * read B in place, and a copy of 16 columns would read past
-             * the end of B's rows. */
-            if (!one_register && !masked && last - chunk >= FASTLSTM_AVX2_PACK_MIN_BLOCKS) {
+            /* Packed once by the caller; else copied per chunk, only full
+             * two-register panels: a one-register panel's tiles read B in
+             * place, and a copy of 16 columns would read past the end of
+             * B's rows. */
+            if (packed_b != NULL) {
+                panel = packed_b + j0 * kc;
+                ld_panel = left < 16 ? left : 16;
+            } else if (!one_register && !masked
+                       && last - chunk >= FASTLSTM_AVX2_PACK_MIN_BLOCKS) {
                 float *packed = fastlstm_avx2_packed_panel(kc, b + j0, ldb);
                 if (packed != NULL) {
                     panel = packed;
@@ -294,8 +382,8 @@ static void fastlstm_avx2_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
                 const ptrdiff_t tile_rs = packed_a ? 1 : a_rs, tile_cs = packed_a ? rows : a_cs;
                 if (one_register)
                     fastlstm_avx2_tiles_1[rows][masked](kc, a_tile, tile_rs, tile_cs,
-                                                        b + j0, ldb, c + i0 * ldc + j0, ldc,
-                                                        left, accumulate);
+                                                        panel, ld_panel, c + i0 * ldc + j0,
+                                                        ldc, left, accumulate);
                 else
                     fastlstm_avx2_tiles_2[rows][masked](kc, a_tile, tile_rs, tile_cs,
                                                         panel, ld_panel, c + i0 * ldc + j0, ldc,
@@ -353,8 +441,10 @@ static void fastlstm_avx2_transpose_block(ptrdiff_t rows, ptrdiff_t columns, con
  * reads B from start to end. Measured on Zen 3 (medians of 21 alternated
  * rounds of 100 steps): W3's 64 x 256 by 256 x 1024, 80 -> 91 GFLOP/s;
  * W3's backward 64 x 1024 by 1024 x 256, 65 -> 70; W2's 64 x 64 by 64 x
- * 256, 67 -> 72. The tiles, and so the order of every sum, are those of
- * fastlstm_avx2_gemm_block: C's bits do not change.
+ * 256, 67 -> 72. fastlstm_avx2_gemm_block walks a packed B as it walks
+ * one in place, with the same tiles (and, for one to three rows, the
+ * panel tiles above it): the order of every sum, and so C's bits, do not
+ * change.
  *
  * Layout of a packed k x n B: its blocks of p as fastlstm_sgemm cuts them
  * (fastlstm_block_depth), in order; within the block of kc steps starting
@@ -387,121 +477,6 @@ static void fastlstm_avx2_pack_b(ptrdiff_t k, ptrdiff_t n, const float *b, ptrdi
                 for (p = 0; p < kc; p++)
                     for (j = 0; j < w; j++)
                         panel[p * w + j] = b[(p0 + p) * ldb + j0 + j];
-            }
-        }
-    }
-}
-
-/* Tiles of one to three rows over NP whole packed panels side by side
- * (panel_stride floats apart, 16 columns each), for the steps where one to
- * three sequences are still active: as the skinny tiles, up to 8 registers
- * per row (4 for two or three rows) keep the multiply-adds independent. */
-#define FASTLSTM_DEFINE_AVX2_PANELS_TILE(MR, NP)                                    \
-__attribute__((target("avx2,fma")))                                                 \
-static void fastlstm_avx2_panels_tile_##MR##_##NP(                                  \
-    ptrdiff_t k, const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs, const float *b,     \
-    ptrdiff_t panel_stride, float *c, ptrdiff_t ldc, int accumulate)                \
-{                                                                                   \
-    __m256 acc[MR][2 * NP];                                                         \
-    _Pragma("GCC unroll 8")                                                         \
-    for (int i = 0; i < MR; i++) {                                                  \
-        _Pragma("GCC unroll 8")                                                     \
-        for (int v = 0; v < 2 * NP; v++)                                            \
-            acc[i][v] = _mm256_setzero_ps();                                        \
-    }                                                                               \
-    for (ptrdiff_t p = 0; p < k; p++) {                                             \
-        const float *a_p = a + p * a_cs;                                            \
-        __m256 b_v[2 * NP];                                                         \
-        _Pragma("GCC unroll 8")                                                     \
-        for (int v = 0; v < 2 * NP; v++)                                            \
-            b_v[v] = _mm256_loadu_ps(b + (v / 2) * panel_stride + 16 * p + 8 * (v % 2)); \
-        _Pragma("GCC unroll 8")                                                     \
-        for (int i = 0; i < MR; i++) {                                              \
-            const __m256 a_ip = _mm256_broadcast_ss(a_p + i * a_rs);                \
-            _Pragma("GCC unroll 8")                                                 \
-            for (int v = 0; v < 2 * NP; v++)                                        \
-                acc[i][v] = _mm256_fmadd_ps(a_ip, b_v[v], acc[i][v]);               \
-        }                                                                           \
-    }                                                                               \
-    _Pragma("GCC unroll 8")                                                         \
-    for (int i = 0; i < MR; i++) {                                                  \
-        float *c_i = c + i * ldc;                                                   \
-        _Pragma("GCC unroll 8")                                                     \
-        for (int v = 0; v < 2 * NP; v++) {                                          \
-            __m256 value = acc[i][v];                                               \
-            if (accumulate)                                                         \
-                value = _mm256_add_ps(_mm256_loadu_ps(c_i + 8 * v), value);         \
-            _mm256_storeu_ps(c_i + 8 * v, value);                                   \
-        }                                                                           \
-    }                                                                               \
-}
-
-FASTLSTM_DEFINE_AVX2_PANELS_TILE(1, 1) FASTLSTM_DEFINE_AVX2_PANELS_TILE(1, 2)
-FASTLSTM_DEFINE_AVX2_PANELS_TILE(1, 3) FASTLSTM_DEFINE_AVX2_PANELS_TILE(1, 4)
-FASTLSTM_DEFINE_AVX2_PANELS_TILE(2, 1) FASTLSTM_DEFINE_AVX2_PANELS_TILE(2, 2)
-FASTLSTM_DEFINE_AVX2_PANELS_TILE(3, 1) FASTLSTM_DEFINE_AVX2_PANELS_TILE(3, 2)
-
-typedef void (*fastlstm_avx2_panels_tile_fn)(ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
-                                             const float *, ptrdiff_t, float *, ptrdiff_t, int);
-
-/* [rows][panels]; rows of 2 and 3 stop at 2 panels (4 registers). */
-static const fastlstm_avx2_panels_tile_fn
-fastlstm_avx2_panels_tiles[FASTLSTM_AVX2_SKINNY_ROWS + 1][5] = {
-    {NULL},
-    {NULL, fastlstm_avx2_panels_tile_1_1, fastlstm_avx2_panels_tile_1_2,
-     fastlstm_avx2_panels_tile_1_3, fastlstm_avx2_panels_tile_1_4},
-    {NULL, fastlstm_avx2_panels_tile_2_1, fastlstm_avx2_panels_tile_2_2},
-    {NULL, fastlstm_avx2_panels_tile_3_1, fastlstm_avx2_panels_tile_3_2},
-};
-
-/* One block of kc steps of p over the whole of C, B's block packed at
- * packed (its panels as laid out above): fastlstm_avx2_gemm_block's
- * walk, each tile reading its panel with rows w floats apart. */
-static void fastlstm_avx2_packed_gemm_block(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc,
-                                            const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
-                                            const float *packed, float *c, ptrdiff_t ldc,
-                                            int accumulate)
-{
-    const ptrdiff_t n_row_blocks = (m + FASTLSTM_AVX2_MR_MAX - 1) / FASTLSTM_AVX2_MR_MAX;
-    const ptrdiff_t base = m / n_row_blocks, extra = m % n_row_blocks;
-    const ptrdiff_t chunk_blocks = FASTLSTM_AVX2_CHUNK_ROWS / FASTLSTM_AVX2_MR_MAX;
-    const int prefetch_c = accumulate && m * n >= FASTLSTM_PREFETCH_MIN_FLOATS;
-    const ptrdiff_t whole_panels = n / 16, panel_stride = 16 * kc;
-    ptrdiff_t chunk, block, i0, j0, rows, q;
-    if (m <= FASTLSTM_AVX2_SKINNY_ROWS) {
-        const ptrdiff_t np_max = m == 1 ? 4 : 2;
-        for (q = 0; q < whole_panels; q += np_max) {
-            const ptrdiff_t np = whole_panels - q < np_max ? whole_panels - q : np_max;
-            fastlstm_avx2_panels_tiles[m][np](kc, a, a_rs, a_cs, packed + q * panel_stride,
-                                              panel_stride, c + 16 * q, ldc, accumulate);
-        }
-        if (n > 16 * whole_panels) {
-            const ptrdiff_t w = n - 16 * whole_panels;
-            fastlstm_avx2_skinny_tiles[m][(w + 7) / 8][1](
-                kc, a, a_rs, a_cs, packed + whole_panels * panel_stride, w,
-                c + 16 * whole_panels, ldc, w, accumulate);
-        }
-        return;
-    }
-    for (chunk = 0; chunk < n_row_blocks; chunk += chunk_blocks) {
-        const ptrdiff_t chunk_i0 = chunk * base + (chunk < extra ? chunk : extra);
-        const ptrdiff_t last = chunk + chunk_blocks < n_row_blocks ? chunk + chunk_blocks
-                                                                   : n_row_blocks;
-        for (j0 = 0; j0 < n; j0 += 16) {
-            const ptrdiff_t w = n - j0 < 16 ? n - j0 : 16;
-            const int one_register = w <= 8;
-            const int masked = w < (one_register ? 8 : 16);
-            const float *panel = packed + j0 * kc;
-            for (block = chunk, i0 = chunk_i0; block < last; block++, i0 += rows) {
-                rows = base + (block < extra);
-                if (prefetch_c)
-                    fastlstm_prefetch_ahead(c + i0 * ldc + j0, ldc, rows, j0, n - j0, 16);
-                if (one_register)
-                    fastlstm_avx2_tiles_1[rows][masked](kc, a + i0 * a_rs, a_rs, a_cs, panel, w,
-                                                        c + i0 * ldc + j0, ldc, w, accumulate);
-                else
-                    fastlstm_avx2_tiles_2[rows][masked](kc, a + i0 * a_rs, a_rs, a_cs, panel, w,
-                                                        c + i0 * ldc + j0, ldc, w, accumulate);
             }
         }
     }

@@ -22,12 +22,12 @@ import numpy as np
 from ._kernels._stream_call import StreamCall
 from ._kernels.numba_stream import (
     BIAS,
-    IN_WEIGHTS,
     LAYOUT_COLUMNS,
     PROJ_WEIGHTS,
-    REC_WEIGHTS,
+    WEIGHTS,
     entry_address,
     panel_layout,
+    work_size,
 )
 from ._network import layer_name
 
@@ -46,7 +46,8 @@ def pack_stream_weights(weights, net_shape, dtype):
     -------
     params : ndarray of shape (n,)
         Each matrix transposed to (n_in, width) and stored in panels (see
-        :func:`fastlstm._kernels.numba_stream.panel_layout`); biases as they are.
+        :func:`fastlstm._kernels.numba_stream.panel_layout`), a layer's input
+        weights stacked over its recurrent weights; biases as they are.
     layout : ndarray of shape (num_layers + 1, LAYOUT_COLUMNS), int64
     sizes : ndarray of shape (4,), int64
         Hidden size, state size, number of outputs, number of layers.
@@ -65,14 +66,14 @@ def pack_stream_weights(weights, net_shape, dtype):
 
     for layer in range(num_layers):
         name = layer_name(layer, 0)
-        add(weights[f"weight_ih_{name}"].T.astype(dtype), layer, IN_WEIGHTS)
-        add(weights[f"weight_hh_{name}"].T.astype(dtype), layer, REC_WEIGHTS)
+        add(np.concatenate([weights[f"weight_ih_{name}"].T.astype(dtype),
+                            weights[f"weight_hh_{name}"].T.astype(dtype)]), layer, WEIGHTS)
         # Summed in the model's dtype, as the general path sums them.
         add(weights[f"bias_ih_{name}"].astype(dtype) + weights[f"bias_hh_{name}"].astype(dtype),
             layer, BIAS)
         if net_shape.proj_size > 0:
             add(weights[f"weight_hr_{name}"].T.astype(dtype), layer, PROJ_WEIGHTS)
-    add(weights["head.weight"].T.astype(dtype), num_layers, IN_WEIGHTS)
+    add(weights["head.weight"].T.astype(dtype), num_layers, WEIGHTS)
     add(weights["head.bias"].astype(dtype), num_layers, BIAS)
     n_outputs = weights["head.bias"].shape[0]
     sizes = np.array([net_shape.hidden_size, net_shape.state_size, n_outputs, num_layers],
@@ -112,7 +113,8 @@ class StreamingNetwork:
             center, scale, shift = scaler._affine()
             self.affine = np.empty((3, self.n_features), dtype=np.float64)
             self.affine[0], self.affine[1], self.affine[2] = center, scale, shift
-        work = np.empty(8 * net_shape.hidden_size + self.n_features, dtype=self.dtype)
+        work = np.empty(work_size(net_shape.hidden_size, net_shape.state_size, self.n_features),
+                        dtype=self.dtype)
         self._call = StreamCall(entry_address(self.dtype), self.params, self.layout, self.sizes,
                                 self.affine, work, self.per_step, net_shape.gate_kind,
                                 net_shape.state_kind, decode)

@@ -282,12 +282,7 @@ def _unpanel(params, offset, n_in, width):
 
 
 def test_packed_weights_are_the_transposed_torch_weights():
-    from fastlstm._kernels.numba_stream import (
-        BIAS,
-        IN_WEIGHTS,
-        PROJ_WEIGHTS,
-        REC_WEIGHTS,
-    )
+    from fastlstm._kernels.numba_stream import BIAS, PROJ_WEIGHTS, WEIGHTS
     from fastlstm._network import NetworkShape
 
     rng = np.random.default_rng(0)
@@ -298,15 +293,14 @@ def test_packed_weights_are_the_transposed_torch_weights():
                "head.weight": rng.random((2, P)), "head.bias": rng.random(2)}
     shape = NetworkShape(hidden_size=H, num_layers=1, bidirectional=False, proj_size=P)
     params, layout, sizes = pack_stream_weights(weights, shape, np.float64)
-    np.testing.assert_array_equal(_unpanel(params, layout[0, IN_WEIGHTS], n_in, 4 * H),
-                                  weights["weight_ih_l0"].T)
-    np.testing.assert_array_equal(_unpanel(params, layout[0, REC_WEIGHTS], P, 4 * H),
-                                  weights["weight_hh_l0"].T)
+    stacked = _unpanel(params, layout[0, WEIGHTS], n_in + P, 4 * H)
+    np.testing.assert_array_equal(stacked[:n_in], weights["weight_ih_l0"].T)
+    np.testing.assert_array_equal(stacked[n_in:], weights["weight_hh_l0"].T)
     np.testing.assert_array_equal(params[layout[0, BIAS]:][:4 * H],
                                   weights["bias_ih_l0"] + weights["bias_hh_l0"])
     np.testing.assert_array_equal(_unpanel(params, layout[0, PROJ_WEIGHTS], H, P),
                                   weights["weight_hr_l0"].T)
-    np.testing.assert_array_equal(_unpanel(params, layout[1, IN_WEIGHTS], P, 2),
+    np.testing.assert_array_equal(_unpanel(params, layout[1, WEIGHTS], P, 2),
                                   weights["head.weight"].T)
     np.testing.assert_array_equal(params[layout[1, BIAS]:][:2], weights["head.bias"])
     assert list(sizes) == [H, P, 2, 1]
@@ -348,7 +342,7 @@ def _wide_network(dtype, per_step=True):
 @pytest.mark.parametrize("per_step", [True, False], ids=["per-step", "last"])
 def test_the_entry_gives_the_dispatchers_bits(dtype, per_step):
     """StreamCall's native entry and numba's dispatcher run the same compiled kernel."""
-    from fastlstm._kernels.numba_stream import stream_forward
+    from fastlstm._kernels.numba_stream import stream_forward, work_size
 
     network = _wide_network(dtype, per_step)
     X = np.random.default_rng(5).standard_normal((3, 4, 3)).astype(dtype) * 3
@@ -359,12 +353,39 @@ def test_the_entry_gives_the_dispatchers_bits(dtype, per_step):
     c0 = np.zeros_like(c)
     expected = np.empty_like(outputs)
     stream_forward(X, network.affine, network.params, network.layout, network.sizes, h0, c0,
-                   expected, np.empty(8 * shape.hidden_size + 3, dtype=dtype), per_step,
+                   expected, np.empty(work_size(shape.hidden_size, shape.state_size, 3),
+                                      dtype=dtype), per_step,
                    shape.gate_kind, shape.state_kind)
     np.testing.assert_array_equal(outputs, expected)
     np.testing.assert_array_equal(h, h0)
     np.testing.assert_array_equal(c, c0)
     assert np.abs(outputs).max() > 0 and np.abs(h).max() > 0
+
+
+@pytest.mark.parametrize("hidden, proj_size, n_features", [(40, 20, 3), (6, 0, 10)],
+                         ids=["state-wider-than-input", "input-wider-than-state"])
+def test_the_kernel_stays_inside_its_workspace(hidden, proj_size, n_features):
+    """work_size is enough, and the kernel writes nothing beyond it."""
+    from fastlstm._kernels.numba_stream import stream_forward, work_size
+    from fastlstm._network import NetworkShape
+    from fastlstm._weights import parameter_shapes
+
+    rng = np.random.default_rng(6)
+    shape = NetworkShape(hidden_size=hidden, num_layers=2, bidirectional=False,
+                         proj_size=proj_size)
+    weights = {name: rng.standard_normal(size) * 0.5 for name, size in
+               parameter_shapes(n_features, hidden, 2, False, 2, proj_size)}
+    network = StreamingNetwork(weights, shape, None, np.float64, True)
+    X = rng.standard_normal((2, 3, n_features))
+    outputs, (h, c) = network.step(X, None)
+    needed = work_size(hidden, shape.state_size, n_features)
+    work = np.full(needed + 16, 7.0)
+    h0, c0, expected = np.zeros_like(h), np.zeros_like(c), np.empty_like(outputs)
+    stream_forward(X, network.affine, network.params, network.layout, network.sizes, h0, c0,
+                   expected, work, True, shape.gate_kind, shape.state_kind)
+    np.testing.assert_array_equal(work[needed:], 7.0)
+    np.testing.assert_array_equal(expected, outputs)
+    np.testing.assert_array_equal(h0, h)
 
 
 def test_step_declines_what_it_cannot_run_and_writes_nothing():
@@ -398,14 +419,15 @@ def test_step_declines_what_it_cannot_run_and_writes_nothing():
 
 def test_stream_call_refuses_arrays_its_entry_cannot_read():
     from fastlstm._kernels._stream_call import StreamCall
-    from fastlstm._kernels.numba_stream import entry_address
+    from fastlstm._kernels.numba_stream import entry_address, work_size
 
     network = _wide_network("float32")
     call = network._call  # built from these arrays: they fit
     assert call is not None
+    needed = work_size(40, 20, 3)  # the wide network: H 40, P 20, 3 features
     good = dict(entry=entry_address(np.float32), params=network.params, layout=network.layout,
                 sizes=network.sizes, affine=network.affine,
-                work=np.empty(8 * 40 + 3, dtype=np.float32))
+                work=np.empty(needed, dtype=np.float32))
     StreamCall(*good.values(), True, 0, 0)
     bad = {
         "entry": (0, "address"),
@@ -413,7 +435,7 @@ def test_stream_call_refuses_arrays_its_entry_cannot_read():
         "sizes": (network.sizes[:3], "4 entries"),
         "layout": (network.layout[:1], "rows"),
         "affine": (np.zeros((2, 3)), "0 or 3 rows"),
-        "work": (np.empty(8 * 40 + 2, dtype=np.float32), "hold"),
+        "work": (np.empty(needed - 1, dtype=np.float32), "hold"),
     }
     for name, (value, message) in bad.items():
         with pytest.raises((ValueError, TypeError), match=message):

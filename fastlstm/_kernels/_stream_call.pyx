@@ -115,6 +115,7 @@ cdef class StreamCall:
                  int gate_kind, int state_kind, str decode="values"):
         cdef cnp.ndarray params_array, layout_array, sizes_array, affine_array, work_array
         cdef const int64_t *size_values
+        cdef Py_ssize_t needed
         cdef cnp.npy_intp dims[3]
         if entry == 0:
             raise ValueError("entry must be the address of a compiled function.")
@@ -140,8 +141,10 @@ cdef class StreamCall:
         if cnp.PyArray_DIM(affine_array, 0) not in (0, 3):
             raise ValueError(f"affine must have 0 or 3 rows, got {cnp.PyArray_DIM(affine_array, 0)}.")
         work_array = _checked(work, "work", 1, self.typenum)
-        if cnp.PyArray_DIM(work_array, 0) < 8 * self.hidden + self.n_features:
-            raise ValueError(f"work must hold {8 * self.hidden + self.n_features} values, "
+        # numba_stream.work_size
+        needed = 5 * self.hidden + max(self.n_features, self.state) + self.state
+        if cnp.PyArray_DIM(work_array, 0) < needed:
+            raise ValueError(f"work must hold {needed} values, "
                              f"got {cnp.PyArray_DIM(work_array, 0)}.")
         self.entry = <entry_function> <void *> <intptr_t> entry
         self.arrays = (params_array, layout_array, sizes_array, affine_array, work_array)

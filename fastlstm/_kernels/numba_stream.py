@@ -10,20 +10,24 @@ layer, for each sequence and step, with the running states updated in place.
 Weights come pre-transposed in one flat buffer (see
 :func:`fastlstm._streaming.pack_stream_weights`), each matrix (n_in, width)
 stored as panels of ``PANEL`` columns, one after the other, each panel's
-rows contiguous. A step reads every weight once (W4: 256 kB of recurrent
-weights, from L2), and a panel is one sequential stream the prefetchers
-follow, where a row-major matrix makes a 64-column tile jump 4 * width bytes
-from row to row: 1 x 128 by 128 x 512 on the AMD Zen 3 machine, 3.1-3.3 us in
-64-column panels against 3.9-4.2 us row-major. In float32 each panel is
-one call of fastlstm's own GEMM, whose one-row tiles keep eight sums in
-registers; otherwise (float64, no AVX2) the gate vector is a sum of panel
-rows scaled by the input (``axpy``), which vectorises along the columns
-with no reduction. ``layout`` holds the offsets.
+rows contiguous. A step reads every weight once (W4: 272 kB, from L2), and
+a panel is one sequential stream the prefetchers follow, where a row-major
+matrix makes a 64-column tile jump 4 * width bytes from row to row: 1 x 128
+by 128 x 512 on the AMD Zen 3 machine, 3.1-3.3 us in 64-column panels
+against 3.9-4.2 us row-major. A layer's input and recurrent weights are
+stacked into one matrix, and its input and hidden state side by side into
+one vector, so that a layer's step is one product: W4's step, 136 x 512,
+took 0.5-0.6 us less (of 5-7 us, medians) than an 8-row product for the
+input and a 128-row one for the state, each into its own vector. In
+float32 each panel is one call of fastlstm's own GEMM, whose one-row tiles
+keep eight sums in registers; otherwise (float64, no AVX2) the gate vector
+is a sum of panel rows scaled by the input (``axpy``), which vectorises
+along the columns with no reduction. ``layout`` holds the offsets.
 
-The arithmetic follows ``numba_lstm.lstm_forward``: gate pre-activation =
-input part + (recurrent part + bias), the same activation functions and
-the same cell update, so predictions agree with the general path to
-rounding (summation order of the matrix-vector products).
+The arithmetic follows ``numba_lstm.lstm_forward``: the same activation
+functions and the same cell update, so predictions agree with the general
+path to rounding (the summation order of the gates' pre-activations:
+(input + recurrent) + bias here, input + (recurrent + bias) there).
 
 The end of the file has the kernel's native entry, which
 ``_stream_call.StreamCall`` calls without numba's dispatcher.
@@ -38,10 +42,11 @@ from .numba_lstm import _own_sgemm, _u
 
 _JIT = dict(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 
-# Columns of ``layout``, one row per layer; the head's offsets are in the
-# row after the last layer (columns IN_WEIGHTS and BIAS).
-IN_WEIGHTS, REC_WEIGHTS, BIAS, PROJ_WEIGHTS = 0, 1, 2, 3
-LAYOUT_COLUMNS = 4
+# Columns of ``layout``, one row per layer: a layer's input and recurrent
+# weights stacked (WEIGHTS), its bias, its projection; the output layer's
+# offsets are in the row after the last layer (columns WEIGHTS and BIAS).
+WEIGHTS, BIAS, PROJ_WEIGHTS = 0, 1, 2
+LAYOUT_COLUMNS = 3
 
 # Columns per weight panel: the width of the own GEMM's widest one-row tile
 # (4 x 16 floats with AVX-512, 8 x 8 with AVX2).
@@ -66,9 +71,16 @@ def panel_layout(matrix):
                            for start in range(0, width, PANEL)])
 
 
+def work_size(hidden, state, n_inputs):
+    """Length of :func:`stream_forward`'s workspace: gates (4H), the cell
+    outputs before any projection (H), a layer's input and hidden state
+    side by side (at most max(I, P) + P)."""
+    return 5 * hidden + max(n_inputs, state) + state
+
+
 @njit(**_JIT)
-def _matvec_add(params, offset, n_in, width, vector, vector_start, acc, acc_start):
-    """``acc[acc_start:][:width] += vector[vector_start:][:n_in] @ M``.
+def _matvec(params, offset, n_in, width, vector, vector_start, out, out_start):
+    """``out[out_start:][:width] = vector[vector_start:][:n_in] @ M``.
 
     ``M`` (n_in, width) is stored at ``params[offset:]`` in panels (see
     :func:`panel_layout`). The arrays are 1-D and contiguous; offsets rather
@@ -81,17 +93,19 @@ def _matvec_add(params, offset, n_in, width, vector, vector_start, acc, acc_star
         panel = offset + start * n_in
         if size == 4 and _own_sgemm(
                 1, n, n_in, vector.ctypes.data + vector_start * size, n_in, 1,
-                params.ctypes.data + panel * size, n, 1,
-                acc.ctypes.data + (acc_start + start) * size, width) == 0:
+                params.ctypes.data + panel * size, n, 0,
+                out.ctypes.data + (out_start + start) * size, width) == 0:
             continue
         # Unsigned indices: numba checks a signed computed index for negative
         # wraparound, which keeps LLVM from vectorising (10x slower here).
-        column = _u(acc_start + start)
+        column = _u(out_start + start)
+        for j in range(_u(n)):
+            out[column + j] = 0
         for k in range(n_in):
             value = vector[_u(vector_start + k)]
             row = _u(panel + k * n)
             for j in range(_u(n)):
-                acc[column + j] += params[row + j] * value
+                out[column + j] += params[row + j] * value
 
 
 @njit(**_JIT)
@@ -120,7 +134,7 @@ def stream_forward(X, affine, params, layout, sizes, h, c, out, work, per_step,
         IN/OUT. Cell state.
     out : ndarray of shape (B, T or 1, n_outputs)
         OUT. Output layer at every step (``per_step``) or at the last one.
-    work : ndarray of shape (8H + I,)
+    work : ndarray of shape (:func:`work_size`,)
         Workspace.
     per_step : bool
     gate_kind, state_kind : int
@@ -132,14 +146,14 @@ def stream_forward(X, affine, params, layout, sizes, h, c, out, work, per_step,
     width = 4 * hidden
     x_flat, h_flat, c_flat = X.reshape(-1), h.reshape(-1), c.reshape(-1)
     out_flat = out.reshape(-1)
-    # work: recurrent part (then gates) | input part (then the new hidden
-    # values, o * act(c), before any projection) | the normalised input.
+    # work: gates | o * act(c), before any projection | the layer's input and
+    # its hidden state from the step before, side by side, so that one
+    # product with the stacked weights gives the gates' pre-activations.
     # Indices into the arrays are unsigned (``_u``) and so is every term
     # added to them: numba types int64 + uint64 as float64.
-    gates, input_part, layer_in = 0, width, 2 * width
     normalise = affine.shape[0] == 3
-    i0, f0, g0, o0 = _u(gates), _u(gates + hidden), _u(gates + 2 * hidden), _u(gates + 3 * hidden)
-    m0, x0, width_u = _u(input_part), _u(layer_in), _u(width)
+    i0, f0, g0, o0 = _u(0), _u(hidden), _u(2 * hidden), _u(3 * hidden)
+    m0, v0, width_u = _u(width), _u(width + hidden), _u(width)
     for b in range(n_sequences):
         for t in range(n_steps):
             x_row = _u((b * n_steps + t) * n_inputs)
@@ -147,23 +161,26 @@ def stream_forward(X, affine, params, layout, sizes, h, c, out, work, per_step,
                 if normalise:
                     value = (np.float64(x_flat[x_row + k]) - affine[0, k]) / affine[1, k] \
                         + affine[2, k]
-                    work[x0 + k] = value
+                    work[v0 + k] = value
                 else:
-                    work[x0 + k] = x_flat[x_row + k]
-            vector, vector_start, n_in = work, layer_in, n_inputs
+                    work[v0 + k] = x_flat[x_row + k]
+            n_in = n_inputs
             for layer in range(n_layers):
                 h_row = (layer * n_sequences + b) * state
                 c_row = _u((layer * n_sequences + b) * hidden)
-                work[:2 * width] = 0
-                _matvec_add(params, layout[layer, REC_WEIGHTS], state, width, h_flat, h_row,
-                            work, gates)
-                _matvec_add(params, layout[layer, IN_WEIGHTS], n_in, width, vector,
-                            vector_start, work, input_part)
+                if layer > 0:  # the input: the layer below's new hidden state
+                    below = _u(h_row - n_sequences * state)
+                    for k in range(_u(state)):
+                        work[v0 + k] = h_flat[below + k]
+                    n_in = state
+                for k in range(_u(state)):
+                    work[v0 + _u(n_in) + k] = h_flat[_u(h_row) + k]
+                _matvec(params, layout[layer, WEIGHTS], n_in + state, width, work, v0, work, 0)
                 bias = _u(layout[layer, BIAS])
-                # input + (recurrent + bias), the general kernel's order; then
-                # each gate's activation, in loops that vectorise.
+                # (input + recurrent) + bias; then each gate's activation, in
+                # loops that vectorise.
                 for j in range(width_u):
-                    work[j] = work[width_u + j] + (work[j] + params[bias + j])
+                    work[j] += params[bias + j]
                 for j in range(_u(hidden)):
                     work[i0 + j] = gate_activation(work[i0 + j], gate_kind)
                 for j in range(_u(hidden)):
@@ -178,20 +195,16 @@ def stream_forward(X, affine, params, layout, sizes, h, c, out, work, per_step,
                     work[m0 + j] = work[o0 + j] * state_activation(c_new, state_kind)
                 projection = layout[layer, PROJ_WEIGHTS]
                 if projection >= 0:
-                    h_flat[h_row:h_row + state] = 0
-                    _matvec_add(params, projection, hidden, state, work, input_part,
-                                h_flat, h_row)
+                    _matvec(params, projection, hidden, state, work, m0, h_flat, h_row)
                 else:
                     for j in range(_u(hidden)):
                         h_flat[_u(h_row) + j] = work[m0 + j]
-                vector, vector_start, n_in = h_flat, h_row, state
             if per_step or t == n_steps - 1:
                 row = (b * out.shape[1] + (t if per_step else 0)) * n_outputs
                 head_bias = _u(layout[n_layers, BIAS])
-                for j in range(_u(n_outputs)):
-                    out_flat[_u(row) + j] = 0
-                _matvec_add(params, layout[n_layers, IN_WEIGHTS], state, n_outputs, vector,
-                            vector_start, out_flat, row)
+                top = ((n_layers - 1) * n_sequences + b) * state
+                _matvec(params, layout[n_layers, WEIGHTS], state, n_outputs, h_flat, top,
+                        out_flat, row)
                 for j in range(_u(n_outputs)):
                     out_flat[_u(row) + j] += params[head_bias + j]
 

@@ -35,6 +35,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from ._cpu_load import other_processes_load
 from ._spin import (
     CAN_SPIN,
     SEEN,
@@ -103,6 +104,10 @@ class SpinPool:
         is a per-thread setting).
     spin_ns, settle_ns : int
         See :data:`SPIN_NS` and :data:`SETTLE_NS`.
+    watch_load : bool, default=True
+        Run phases on the calling thread alone while other processes leave
+        this one about a core or less (see :meth:`_take_for_phase`). Tests
+        that need the threads whatever the machine's load pass False.
 
     Notes
     -----
@@ -112,7 +117,8 @@ class SpinPool:
     where tasks run never changes a result.
     """
 
-    def __init__(self, n_workers, initializer=None, *, spin_ns=SPIN_NS, settle_ns=SETTLE_NS):
+    def __init__(self, n_workers, initializer=None, *, spin_ns=SPIN_NS, settle_ns=SETTLE_NS,
+                 watch_load=True):
         self.n_workers = n_workers
         self._initializer = initializer
         # The spin budget, read by _spin.serve too: spin_ns, or the largest
@@ -152,6 +158,9 @@ class SpinPool:
         self._starved_since = 0
         self._starved_thread = None
         self._serial_ns = _SERIAL_MIN_NS
+        # Other processes' load on this process's CPUs, where the system
+        # tells it (Linux); None elsewhere.
+        self._load = other_processes_load() if watch_load else None
         self._busy = threading.Lock()
         for worker in range(n_workers):
             threading.Thread(target=self._serve, args=(worker,), name=f"fastlstm-{worker}",
@@ -246,10 +255,13 @@ class SpinPool:
     def _take_for_phase(self, n_tasks):
         """Take the pool for a phase of ``n_tasks``; False if the calling thread runs it alone.
 
-        It does with fewer than two tasks, while phases run on one thread
-        (see :meth:`_note_core_share`), and while another thread's phase runs.
+        It does with fewer than two tasks, while other processes leave this
+        one about a core or less (``_cpu_load``), while phases run on one
+        thread (see :meth:`_note_core_share`), and while another thread's
+        phase runs.
         """
-        if n_tasks < 2 or (self._serial_until and time.perf_counter_ns() < self._serial_until):
+        if (n_tasks < 2 or (self._load is not None and self._load.update())
+                or (self._serial_until and time.perf_counter_ns() < self._serial_until)):
             return False
         return self._busy.acquire(blocking=False)
 
@@ -351,6 +363,13 @@ class SpinPool:
         default's steps took 0.85-1.13x of ``n_jobs=1``'s on W1 and
         0.82-1.38x on W2 in five benchmark runs (``bench/``), against
         0.94-1.19x and 0.78-1.34x in three runs before the wait.
+        Where the system tells how busy other processes keep the CPUs
+        (``_cpu_load``, Linux), the pool also runs its phases on one thread
+        while they leave it about one core or less, and on all its threads
+        again within 50 ms of their stopping (see :meth:`_take_for_phase`):
+        with a busy loop on the other core these windows ran 0-12 of 65
+        W1/W2 steps on one thread, that measure all of them. The windows
+        stay for what it cannot see: threads of this process, other systems.
         ``thread`` is the worker's index, or ``n_workers`` for the caller.
         """
         if wall_ns < _SHARED_CORE_MIN_NS:

@@ -253,7 +253,7 @@ def _squares_job(n_tasks, work):
 def test_native_and_python_phases_interleave_and_every_task_runs_once(spin_ns):
     from test_pool import _squares, _within
 
-    pool = SpinPool(2, spin_ns=spin_ns)
+    pool = SpinPool(2, spin_ns=spin_ns, watch_load=False)
     rng = np.random.default_rng(0)
     threads, callers = set(), set()
 

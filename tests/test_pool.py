@@ -99,7 +99,7 @@ def test_every_task_runs_once_over_many_phases(spin_ns, n_workers):
 
 
 def test_tasks_run_on_the_workers_and_the_calling_thread():
-    pool = SpinPool(1)
+    pool = SpinPool(1, watch_load=False)  # two threads even if other processes are busy
     barrier = threading.Barrier(2, timeout=10)
     threads = set()
 
@@ -213,7 +213,7 @@ def test_threads_short_of_their_cores_stop_the_spinning_then_the_parallelism_for
     monkeypatch.setattr(_pool, "_SUSTAINED_NS", 20_000_000)
     monkeypatch.setattr(_pool, "_SERIAL_MIN_NS", 40_000_000)
     monkeypatch.setattr(_pool, "_SERIAL_MAX_NS", 100_000_000)
-    pool = SpinPool(1, spin_ns=123_000)
+    pool = SpinPool(1, spin_ns=123_000, watch_load=False)
     caller = pool.n_workers
 
     def report(wall_ns, cpu_ns, thread=caller, times=1):

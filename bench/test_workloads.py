@@ -551,6 +551,55 @@ def test_train_busy(benchmark, busy_core, device, name, impl, threads, request):
                      other_core_busy=True)
 
 
+@pytest.mark.parametrize("name", ["W1", "W2"])
+def test_train_busy_interleaved(benchmark, busy_core, fastlstm_ready, torch_ready, device, name):
+    """The busy-core entries' four variants in alternating blocks (ABCD DCBA).
+
+    The separate entries run a few seconds apart, and the machine's speed
+    drifts as much as the effect they measure (fastlstm's default against
+    ``n_jobs=1``: 0.76-1.42x in six runs of the same code). Blocks of
+    ``INTERLEAVED_BLOCK`` steps, the first ``INTERLEAVED_BLOCK_WARMUP`` of
+    each not counted (PyTorch's thread count changes at a block's first step).
+    """
+    if device != "cpu":
+        pytest.skip("the busy-core entries measure CPU contention")
+    spec = wl.SPECS[name]
+    benchmark.group = f"{name}-train-busy-interleaved"
+    fast, fast_one = wl.FastlstmTrainStep(spec), wl.FastlstmTrainStep(spec, n_jobs=1)
+    torch_step = wl.TorchTrainStep(spec, device=device)
+    times = {}
+
+    def at_threads(n_threads):
+        def step():
+            if torch_ready.get_num_threads() != n_threads:
+                torch_ready.set_num_threads(n_threads)
+            torch_step.step()
+        return step
+
+    calls = {"fastlstm": fast.step, "fastlstm n_jobs=1": fast_one.step,
+             "torch": at_threads(TORCH_THREADS), "torch 1 thread": at_threads(1)}
+
+    def alternate():
+        with fast, fast_one, torch_threads(TORCH_THREADS):
+            for _ in range(INTERLEAVED_TRAIN[name][4]):
+                for call in calls.values():
+                    call()
+            times.update(_alternate_blocks(
+                calls, block=INTERLEAVED_BLOCK, block_warmup=INTERLEAVED_BLOCK_WARMUP,
+                budget_s=INTERLEAVED_BUDGET_S, max_cycles=INTERLEAVED_BLOCKS // 8))
+
+    run_once(benchmark, alternate)
+    medians = {key: float(np.median(values)) for key, values in times.items()}
+    record(benchmark, workload=f"{name}-train-busy", impl="interleaved", label="interleaved A/B",
+           flops=spec.train_flops(), medians_s=medians,
+           labels={key: key for key in calls if key != "fastlstm"},
+           counted=f"{len(times['fastlstm'])} steps each, blocks of {INTERLEAVED_BLOCK} "
+                   "back-to-back steps in ABCD DCBA order",
+           block=INTERLEAVED_BLOCK, block_warmup=INTERLEAVED_BLOCK_WARMUP,
+           threads_fastlstm=fast.n_threads, threads_torch=TORCH_THREADS,
+           other_core_busy=True)
+
+
 # ======================================================================================
 # W3 peak memory (fresh processes)
 # ======================================================================================

@@ -161,6 +161,8 @@ class SpinPool:
         # Other processes' load on this process's CPUs, where the system
         # tells it (Linux); None elsewhere.
         self._load = other_processes_load() if watch_load else None
+        if self._load is not None:
+            self._load.update()  # the first window starts now
         self._busy = threading.Lock()
         for worker in range(n_workers):
             threading.Thread(target=self._serve, args=(worker,), name=f"fastlstm-{worker}",

@@ -38,6 +38,7 @@ cdef extern from "own_gemm.h" nogil:
     int fastlstm_sgemm_addresses(int64_t m, int64_t n, int64_t k, uintptr_t a,
                                  int64_t a_row_stride, int64_t a_col_stride, uintptr_t b,
                                  int64_t ldb, int64_t accumulate, uintptr_t c, int64_t ldc)
+    int fastlstm_packing_state
     void fastlstm_set_packing(int enabled)
     int fastlstm_pack_b(Py_ssize_t k, Py_ssize_t n, const float *b, Py_ssize_t ldb,
                         int transposed, float *out)
@@ -151,19 +152,14 @@ def numba_entry_address():
     return <size_t> &fastlstm_sgemm_addresses
 
 
-_packing = True
-
-
 def set_packing(flag):
     """Let :func:`pack` (and the CPU kernels, which pack their recurrent
     weights) pack B (``True``, the default) or refuse (``False``); returns
     the previous setting. Meant for tests and benchmarks, which compare the
     two: the products give the same bits either way.
     """
-    global _packing
-    previous = _packing
-    _packing = bool(flag)
-    fastlstm_set_packing(1 if _packing else 0)
+    previous = fastlstm_packing_state != 0
+    fastlstm_set_packing(1 if flag else 0)
     return previous
 
 

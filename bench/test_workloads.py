@@ -557,9 +557,9 @@ def test_train_busy_interleaved(benchmark, busy_core, fastlstm_ready, torch_read
 
     The separate entries run a few seconds apart, and the machine's speed
     drifts as much as the effect they measure (fastlstm's default against
-    ``n_jobs=1``: 0.76-1.42x in six runs of the same code). Blocks of
-    ``INTERLEAVED_BLOCK`` steps, the first ``INTERLEAVED_BLOCK_WARMUP`` of
-    each not counted (PyTorch's thread count changes at a block's first step).
+    ``n_jobs=1``: 0.76-1.42x in six runs of the same code). Blocks as in
+    ``INTERLEAVED_TRAIN``, their first steps not counted (PyTorch's thread
+    count changes at a block's first step).
     """
     if device != "cpu":
         pytest.skip("the busy-core entries measure CPU contention")
@@ -568,6 +568,7 @@ def test_train_busy_interleaved(benchmark, busy_core, fastlstm_ready, torch_read
     fast, fast_one = wl.FastlstmTrainStep(spec), wl.FastlstmTrainStep(spec, n_jobs=1)
     torch_step = wl.TorchTrainStep(spec, device=device)
     times = {}
+    n_blocks, block, block_warmup, budget_s, warmup = INTERLEAVED_TRAIN[name]
 
     def at_threads(n_threads):
         def step():
@@ -581,21 +582,21 @@ def test_train_busy_interleaved(benchmark, busy_core, fastlstm_ready, torch_read
 
     def alternate():
         with fast, fast_one, torch_threads(TORCH_THREADS):
-            for _ in range(INTERLEAVED_TRAIN[name][4]):
+            for _ in range(warmup):
                 for call in calls.values():
                     call()
             times.update(_alternate_blocks(
-                calls, block=INTERLEAVED_BLOCK, block_warmup=INTERLEAVED_BLOCK_WARMUP,
-                budget_s=INTERLEAVED_BUDGET_S, max_cycles=INTERLEAVED_BLOCKS // 8))
+                calls, block=block, block_warmup=block_warmup, budget_s=budget_s,
+                max_cycles=n_blocks // 8))
 
     run_once(benchmark, alternate)
     medians = {key: float(np.median(values)) for key, values in times.items()}
     record(benchmark, workload=f"{name}-train-busy", impl="interleaved", label="interleaved A/B",
            flops=spec.train_flops(), medians_s=medians,
            labels={key: key for key in calls if key != "fastlstm"},
-           counted=f"{len(times['fastlstm'])} steps each, blocks of {INTERLEAVED_BLOCK} "
+           counted=f"{len(times['fastlstm'])} steps each, blocks of {block} "
                    "back-to-back steps in ABCD DCBA order",
-           block=INTERLEAVED_BLOCK, block_warmup=INTERLEAVED_BLOCK_WARMUP,
+           block=block, block_warmup=block_warmup,
            threads_fastlstm=fast.n_threads, threads_torch=TORCH_THREADS,
            other_core_busy=True)
 

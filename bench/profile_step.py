@@ -9,7 +9,7 @@ batch (see ``_workloads.FastlstmTrainStep``), the pieces of the step by
 wrapping the functions ``_step`` calls:
 
 - ``network_forward`` and, inside it, the backend's forward kernel;
-- the output layer (``_head_forward``) and the loss;
+- the output layer and the loss, forward and backward (``head_loss_and_gradients``);
 - ``network_backward`` and, inside it, the backend's backward kernel;
 - L2 regularisation, gradient clipping, the optimiser step (which takes the
   L2 term into its own pass when there is no clipping), ``unflatten``;
@@ -64,7 +64,6 @@ def instrumented_steps(spec, n_steps, n_jobs):
     backend = trainer.backend
     trainer.backend = Backend(backend.name, timers.wrap("kernel forward", backend.forward),
                               timers.wrap("kernel backward", backend.backward))
-    trainer.loss = timers.wrap("loss", trainer.loss)
     # Without gradient clipping the trainer calls regularised_step (Adam: the
     # L2 term and the update in one pass), otherwise the L2 term, the
     # clipping and step; wrapping only the one called counts nothing twice.
@@ -76,7 +75,7 @@ def instrumented_steps(spec, n_steps, n_jobs):
     patched = {
         (trainer_module, "network_forward"): "network_forward",
         (trainer_module, "network_backward"): "network_backward",
-        (trainer_module, "_head_forward"): "output layer",
+        (trainer_module, "head_loss_and_gradients"): "output layer + loss",
         (trainer_module, "add_l2_regularization"): "L2 regularisation",
         (trainer_module, "clip_gradients"): "gradient clipping",
         (trainer_module, "unflatten"): "unflatten (shard grads)",
@@ -173,12 +172,12 @@ def report(spec, n_steps, use_cprofile):
     forward_py = pieces.get("network_forward", 0) - pieces.get("kernel forward", 0)
     backward_py = pieces.get("network_backward", 0) - pieces.get("kernel backward", 0)
     accounted = sum(pieces.get(name, 0) for name in (
-        "network_forward", "network_backward", "output layer", "loss", "L2 regularisation",
+        "network_forward", "network_backward", "output layer + loss", "L2 regularisation",
         "gradient clipping", "optimizer step", "unflatten (shard grads)"))
     rows = [
         ("kernel forward (numba)", pieces.get("kernel forward", 0)),
         ("network_forward Python/NumPy around the kernel", forward_py),
-        ("output layer + loss", pieces.get("output layer", 0) + pieces.get("loss", 0)),
+        ("output layer + loss, forward and backward", pieces.get("output layer + loss", 0)),
         ("kernel backward (numba)", pieces.get("kernel backward", 0)),
         ("network_backward Python/NumPy around the kernel", backward_py),
         ("unflatten of shard gradients", pieces.get("unflatten (shard grads)", 0)),
@@ -186,7 +185,7 @@ def report(spec, n_steps, use_cprofile):
         ("gradient clipping", pieces.get("gradient clipping", 0)),
         ("optimizer step (Adam; with the L2 term unless clipping)",
          pieces.get("optimizer step", 0)),
-        ("rest of _step (glue: concatenate, split, grad sums, head grads)",
+        ("rest of _step (glue: concatenate, split, grad sums)",
          max(mean_1 - accounted, 0.0)),
     ]
     print("| piece (n_jobs=1) | ms per step | share |")

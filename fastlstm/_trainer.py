@@ -18,6 +18,7 @@ gives bit-identical models with any ``n_jobs``.
 
 import functools
 import itertools
+import math
 import os
 import sys
 import threading
@@ -31,6 +32,7 @@ from threadpoolctl import ThreadpoolController
 
 from ._bucketing import length_sorted_batches, pack_batch, shard_orders, time_chunks
 from ._fpenv import enable_flush_to_zero, restore
+from ._losses import head_loss_and_gradients
 from ._network import Workspace, network_backward, network_forward
 from ._optim import add_l2_regularization, clip_gradients, learning_rate_at, make_optimizer
 from ._pool import FIT_SPIN_NS, SpinPool
@@ -385,17 +387,30 @@ class Trainer:
             features = _joined([f.final_hidden[n:] for f, n in zip(forward, n_continuing)])
             rows = _joined([s.order[n:] for s, n in zip(shards, n_continuing)])
             sizes = [s.size - n for s, n in zip(shards, n_continuing)]
-        weights = targets.weights[rows]
-        if len(rows) == 0 or weights.sum() == 0:
+        if len(rows) == 0:
             return 0.0, 0, carried
-        outputs = _head_forward(params, features)
-        value, d_outputs = self.loss(outputs, targets.values[rows], weights)
-        if not np.isfinite(value):
+        flat_grads, grads = self.flat_grads, self.grads
+        if len(shards) == 1:
+            # One shard writes its gradients where the optimiser reads them.
+            shard_grads = [grads]
+        else:
+            shard_flat_grads, shard_grads = self._shard_gradients(len(shards))
+        # The output layer's gradients go with the first shard: the others'
+        # stay zero (network_backward writes only the recurrent entries), so
+        # the sum below leaves them as they are.
+        d_features = self._workspace.empty(("d_features",), features.shape, features.dtype)
+        value = head_loss_and_gradients(
+            self.loss, features, params["head.weight"], params["head.bias"], targets.values,
+            targets.weights, rows, d_features, shard_grads[0]["head.weight"],
+            shard_grads[0]["head.bias"])
+        if value is None:  # no weight in the chunk's rows
+            return 0.0, 0, carried
+        if not math.isfinite(value):
             raise FloatingPointError(
                 f"The training loss became {value} at epoch {self.epochs_done + 1}; training "
                 "stopped. Lower learning_rate, set gradient_threshold, or normalise the inputs."
             )
-        d_features = split_rows(d_outputs @ params["head.weight"], sizes)
+        d_features = split_rows(d_features, sizes)
         if targets.per_step:
             backward_args = dict(d_outputs=d_features)
         else:
@@ -405,12 +420,6 @@ class Trainer:
                     d = np.concatenate([np.zeros((n, d.shape[1]), d.dtype), d])
                 d_final_hidden.append(d)
             backward_args = dict(d_final_hidden=d_final_hidden)
-        flat_grads, grads = self.flat_grads, self.grads
-        if len(shards) == 1:
-            # One shard writes its gradients where the optimiser reads them.
-            shard_grads = [grads]
-        else:
-            shard_flat_grads, shard_grads = self._shard_gradients(len(shards))
         network_backward(params, shard_grads, net_shape, shards, self.backend, forward,
                          dropout_masks=masks, executor=executor, input_gradients=False,
                          workspace=self._workspace, **backward_args)
@@ -419,8 +428,6 @@ class Trainer:
             flat_grads[:] = shard_flat_grads[0]
             for buffer in shard_flat_grads[1:]:
                 flat_grads += buffer
-        grads["head.weight"][:] = d_outputs.T @ features
-        grads["head.bias"][:] = d_outputs.sum(axis=0)
         if options.gradient_threshold is None:
             # Nothing between the L2 term and the update: one pass for both.
             self.optimizer.regularised_step(self.flat_params, flat_grads,

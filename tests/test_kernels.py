@@ -67,6 +67,36 @@ def test_direction_matches_reference(backend_name, dtype, reverse, variant, leng
 
 
 @pytest.mark.parametrize("backend_name", COMPILED_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_direction_matches_reference_with_wide_products(backend_name, dtype, reverse):
+    # 130 inputs, 128 hidden units and 150 rows: the whole-sequence products
+    # (X W^T, dG^T X, dG^T Hprev, dG W) are wide enough for numba's kernels
+    # to hand them to BLAS (numba_lstm.SEQUENCE_BLAS_MIN); the small cases
+    # above keep them on the own GEMM.
+    from fastlstm._kernels.numba_lstm import SEQUENCE_BLAS_MIN
+
+    n_features, hidden, lengths = 130, 128, [40, 35, 30, 25, 20]
+    assert min(n_features, hidden, sum(lengths)) >= SEQUENCE_BLAS_MIN
+    rng = np.random.default_rng(7 + reverse)
+    batch64 = random_packed_batch(rng, lengths, n_features, np.float64)
+    layer64 = random_layer(rng, n_features, hidden, len(lengths), np.float64, scale=0.05)
+    dH = rng.standard_normal((batch64.X.shape[0], hidden))
+    dh_n = rng.standard_normal((len(lengths), hidden))
+    dc_n = rng.standard_normal((len(lengths), hidden))
+    expected = run_direction(get_backend("reference"), batch64, layer64, reverse, 0, 0, dH,
+                             dh_n, dc_n)
+    batch = random_packed_batch(rng, lengths, n_features, dtype)
+    batch.X[:] = batch64.X
+    layer = {name: value.astype(dtype) for name, value in layer64.items()}
+    actual = run_direction(get_backend(backend_name), batch, layer, reverse, 0, 0, dH, dh_n,
+                           dc_n)
+    for name in expected:
+        assert actual[name].dtype == dtype
+        assert_relative_close(actual[name], expected[name], TOLERANCE[dtype], name)
+
+
+@pytest.mark.parametrize("backend_name", COMPILED_BACKENDS)
 def test_kernels_leave_inputs_untouched(backend_name):
     rng = np.random.default_rng(0)
     batch = random_packed_batch(rng, [5, 3, 2], 4, np.float32)

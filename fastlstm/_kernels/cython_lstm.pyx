@@ -207,6 +207,7 @@ cdef inline void _gemm(
     floating beta,
     floating *c,            # IN/OUT [m, n]
     int ldc,                # IN  row stride of c
+    bint own_allowed=True,  # IN  False: BLAS even where the own GEMM runs
 ) noexcept nogil:
     """Row-major ``c = alpha op(a) op(b) + beta c``.
 
@@ -231,7 +232,7 @@ cdef inline void _gemm(
                 memset(c + row * ldc, 0, n * sizeof(floating))
         return
     if floating is float:
-        if not trans_b and alpha == 1 and own_sgemm(
+        if own_allowed and not trans_b and alpha == 1 and own_sgemm(
                 m, n, k, a, 1 if trans_a else lda, lda if trans_a else 1, b, ldb,
                 beta != 0, c, ldc) == 0:
             return
@@ -240,6 +241,24 @@ cdef inline void _gemm(
     else:
         dgemm(&transb, &transa, &n, &m, &k, &alpha, <double *> b, &ldb,
               <double *> a, &lda, &beta, c, &ldc)
+
+
+# A whole-sequence product at least this deep and this wide goes to BLAS
+# (see _sequence_gemm).
+cdef enum:
+    SEQUENCE_BLAS_MIN = 128
+
+
+cdef inline void _sequence_gemm(
+    bint trans_a, bint trans_b, int m, int n, int k, floating alpha, const floating *a, int lda,
+    const floating *b, int ldb, floating beta, floating *c, int ldc,
+) noexcept nogil:
+    """:func:`_gemm` for a product over every row of a batch: BLAS where it
+    is at least ``SEQUENCE_BLAS_MIN`` deep and wide (as ``numba_lstm``'s
+    ``_sequence_matmul``, which gives the measurements), else the own GEMM
+    where it runs."""
+    _gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+          k < SEQUENCE_BLAS_MIN or n < SEQUENCE_BLAS_MIN)
 
 
 cdef inline bint _pack(
@@ -529,8 +548,8 @@ cdef void _forward_pass(
         ld_W = ld_R = n_gates
 
     # Hoisted input projection: gates = X W^T, one GEMM for every step.
-    _gemm(False, not transposed, n_rows, n_gates, n_in, 1, X, n_in, W_op, ld_W, 0, gates,
-          n_gates)
+    _sequence_gemm(False, not transposed, n_rows, n_gates, n_in, 1, X, n_in, W_op, ld_W, 0,
+                   gates, n_gates)
     # h_n and c_n double as the running state: a sequence that has finished
     # is never touched again, so its final state stays in place.
     _copy(batch_size * state, h0, h_n)
@@ -641,13 +660,15 @@ cdef void _backward_pass(
         if reverse:
             offset += n_active
     # Whole-batch GEMMs instead of one small GEMM per step.
-    _gemm(True, False, n_gates, n_in, n_rows, 1, dG, n_gates, X, n_in, 0, dW, n_in)
-    _gemm(True, False, n_gates, state, n_rows, 1, dG, n_gates, Hprev, state, 0, dR, state)
+    _sequence_gemm(True, False, n_gates, n_in, n_rows, 1, dG, n_gates, X, n_in, 0, dW, n_in)
+    _sequence_gemm(True, False, n_gates, state, n_rows, 1, dG, n_gates, Hprev, state, 0, dR,
+                   state)
     if dX != NULL:
-        _gemm(False, False, n_rows, n_in, n_gates, 1, dG, n_gates, W, n_in, 0, dX, n_in)
+        _sequence_gemm(False, False, n_rows, n_in, n_gates, 1, dG, n_gates, W, n_in, 0, dX,
+                       n_in)
     if project:
-        _gemm(True, False, state, hidden, n_rows, 1, dH_total, state, M, hidden,
-              0, dW_proj, hidden)
+        _sequence_gemm(True, False, state, hidden, n_rows, 1, dH_total, state, M, hidden,
+                       0, dW_proj, hidden)
     # dbias: column sums of dG, row by row so that the inner loop vectorises.
     if n_gates > 0:
         memset(dbias, 0, n_gates * sizeof(floating))

@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""Compiled losses for the training step (see ``_losses.py``).
+"""Compiled losses, and the output layer around them, for the training step
+(see ``_losses.py``).
 
 The loss of a small network's mini-batch is a few hundred numbers (27 rows
 of 9 logits for a Japanese-Vowels-sized batch), and its NumPy form,

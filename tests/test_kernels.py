@@ -71,9 +71,10 @@ def test_direction_matches_reference(backend_name, dtype, reverse, variant, leng
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_direction_matches_reference_with_wide_products(backend_name, dtype, reverse):
     # 130 inputs, 128 hidden units and 150 rows: the whole-sequence products
-    # (X W^T, dG^T X, dG^T Hprev, dG W) are wide enough for numba's kernels
-    # to hand them to BLAS (numba_lstm.SEQUENCE_BLAS_MIN); the small cases
-    # above keep them on the own GEMM.
+    # (X W^T, dG^T X, dG^T Hprev, dG W) are wide enough for the kernels to
+    # hand them to BLAS where the own GEMM runs its AVX2 tiles
+    # (numba_lstm.SEQUENCE_BLAS_MIN); the small cases above keep them on
+    # the own GEMM.
     from fastlstm._kernels.numba_lstm import SEQUENCE_BLAS_MIN
 
     n_features, hidden, lengths = 130, 128, [40, 35, 30, 25, 20]

@@ -322,6 +322,18 @@ def test_packed_products_match_the_products_in_place_bit_for_bit(m, n):
         _gemm.set_isa(previous)
 
 
+def test_avx2_tiles_says_which_tiles_run(own_gemm_off):
+    # The kernels hand wide whole-sequence products to BLAS only where this
+    # says 1 (numba_lstm._sequence_matmul, cython_lstm._sequence_gemm).
+    import ctypes
+
+    avx2_tiles = ctypes.CFUNCTYPE(ctypes.c_int)(_gemm.numba_avx2_tiles_address())
+    assert avx2_tiles() == 0
+    for isa in _gemm.supported_isas():
+        _gemm.set_isa(isa)
+        assert avx2_tiles() == (1 if isa == "avx2" else 0)
+
+
 def test_pack_refuses_where_the_avx2_tiles_do_not_run(own_gemm_off):
     B = np.ones((5, 20), np.float32)
     assert _gemm.pack(B) is None

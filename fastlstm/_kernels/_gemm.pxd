@@ -7,6 +7,8 @@ cdef int sgemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *a,
 
 cdef bint sgemm_enabled() noexcept nogil
 
+cdef int avx2_tiles() noexcept nogil
+
 cdef int stranspose(Py_ssize_t m, Py_ssize_t n, const float *a, Py_ssize_t lda, float *out,
                    Py_ssize_t ldo) noexcept nogil
 

@@ -92,6 +92,15 @@ cdef bint sgemm_enabled() noexcept nogil:
     return fastlstm_gemm_enabled() != 0
 
 
+cdef int avx2_tiles() noexcept nogil:
+    """1 if :c:func:`sgemm` runs the AVX2 tiles now, else 0 (AVX-512, or BLAS).
+
+    The kernels hand wide whole-sequence products to BLAS only then: that
+    is where it was measured (``numba_lstm._sequence_matmul``).
+    """
+    return 1 if fastlstm_gemm_enabled() == FASTLSTM_ISA_AVX2 else 0
+
+
 _ISA_NAMES = {FASTLSTM_ISA_AVX2: "avx2", FASTLSTM_ISA_AVX512: "avx512"}
 _ISA_CODES = {name: code for code, name in _ISA_NAMES.items()}
 
@@ -167,6 +176,11 @@ def numba_pack_addresses():
     """Addresses of the C functions numba calls for products with a packed B
     (``fastlstm_pack_b_addresses``, ``fastlstm_sgemm_packed_addresses``)."""
     return <size_t> &fastlstm_pack_b_addresses, <size_t> &fastlstm_sgemm_packed_addresses
+
+
+def numba_avx2_tiles_address():
+    """Address of :c:func:`avx2_tiles`, which numba's kernels call."""
+    return <size_t> &avx2_tiles
 
 
 def numba_transpose_address():

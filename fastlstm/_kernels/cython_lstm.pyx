@@ -83,6 +83,7 @@ from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 from fastlstm._kernels._gemm cimport sgemm as own_sgemm, sgemm_enabled as own_sgemm_enabled
+from fastlstm._kernels._gemm cimport avx2_tiles as own_avx2_tiles
 from fastlstm._kernels._gemm cimport stranspose as own_transpose
 from fastlstm._kernels._gemm cimport spack as own_pack, sgemm_packed as own_sgemm_packed
 
@@ -254,11 +255,11 @@ cdef inline void _sequence_gemm(
     const floating *b, int ldb, floating beta, floating *c, int ldc,
 ) noexcept nogil:
     """:func:`_gemm` for a product over every row of a batch: BLAS where it
-    is at least ``SEQUENCE_BLAS_MIN`` deep and wide (as ``numba_lstm``'s
-    ``_sequence_matmul``, which gives the measurements), else the own GEMM
-    where it runs."""
+    is at least ``SEQUENCE_BLAS_MIN`` deep and wide and the own GEMM runs
+    its AVX2 tiles (as ``numba_lstm``'s ``_sequence_matmul``, which gives
+    the measurements), else the own GEMM where it runs."""
     _gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-          k < SEQUENCE_BLAS_MIN or n < SEQUENCE_BLAS_MIN)
+          k < SEQUENCE_BLAS_MIN or n < SEQUENCE_BLAS_MIN or not own_avx2_tiles())
 
 
 cdef inline bint _pack(

@@ -162,25 +162,33 @@ def _matmul(A, B, C):
 
 
 # A whole-sequence product whose inner dimension and number of columns are
-# both at least this goes to BLAS (see _sequence_matmul).
+# both at least this goes to BLAS where the own GEMM runs its AVX2 tiles
+# (see _sequence_matmul).
 SEQUENCE_BLAS_MIN = 128
+llvmlite.binding.add_symbol("fastlstm_avx2_tiles", _gemm.numba_avx2_tiles_address())
+_avx2_tiles = types.ExternalFunction("fastlstm_avx2_tiles", types.intc())
 
 
 @njit(**_JIT)
 def _sequence_matmul(A, B, C):
     """``C = A @ B`` for a product over every row of a batch (thousands of rows).
 
-    The own GEMM's AVX2 tiles are faster on the narrow ones (an inner
-    dimension or a width of 12-32: the input features), OpenBLAS on the
-    others (its packing pays over thousands of rows); measured on Zen 3, one
-    thread, alternated blocks: own / OpenBLAS time 0.62-0.92 for the shapes
-    with inputs of 12, 28 and 32, 1.04-1.16 for W1's, W2's and W3's
-    ``dG^T Hprev`` (k 540-3200, n 64-256), W3's ``X W^T`` and ``dG W``
-    (k 256-1024, n 256-1024). The choice depends on the shapes only, which
-    do not depend on the number of threads, so it keeps results the same
-    bits whatever the thread count.
+    Measured on Zen 3, one thread, alternated blocks: the own GEMM's AVX2
+    tiles win on the narrow products (an inner dimension or a width of
+    12-32, the input features: own / OpenBLAS time 0.62-0.92), OpenBLAS on
+    W3's wide ones (k 256-3200, n 256-1024: 1.09-1.15), where its packing
+    pays over thousands of rows; a W3 step took 0.945x as long with them on
+    OpenBLAS (paired median of 26 alternated processes). W1's and W2's
+    ``dG^T Hprev`` (n 100 and 64) measured 1.04-1.16 alone, but with this
+    threshold at 64, which sent them to OpenBLAS, W1 and W2 steps took
+    1.02-1.03x as long (12 alternated processes each): hence 128. The choice
+    depends on the shapes only, which do not depend on the number of
+    threads, so results keep the same bits whatever the thread count. The
+    own AVX-512 tiles (measured only on per-step shapes, 1.3-2.7x faster
+    than OpenBLAS) keep every product.
     """
-    if A.shape[1] >= SEQUENCE_BLAS_MIN and B.shape[1] >= SEQUENCE_BLAS_MIN:
+    if (A.shape[1] >= SEQUENCE_BLAS_MIN and B.shape[1] >= SEQUENCE_BLAS_MIN
+            and _avx2_tiles() == 1):
         np.dot(A, B, C)
     else:
         _matmul(A, B, C)

@@ -225,31 +225,12 @@ def head_cross_entropy(const floating[:, ::1] features, const floating[:, ::1] w
                        floating[:, ::1] d_weight, floating[::1] d_bias):
     """The output layer and the cross-entropy, forward and backward, in one call.
 
-    As ``_losses.head_loss_and_gradients_reference`` with ``cross_entropy``.
-
-    Parameters
-    ----------
-    features : ndarray of shape (n_rows, n_features)
-    weight : ndarray of shape (n_classes, n_features)
-    bias : ndarray of shape (n_classes,)
-    targets : ndarray of shape (n_targets,), intp
-        Class indices, each in ``[0, n_classes)`` (checked by the caller).
-    weights : ndarray of shape (n_targets,)
-    rows : ndarray of shape (n_rows,), intp
-        The target (and weight) of each row of ``features``.
-    scores : ndarray of shape (n_rows, n_classes)
-        OUT: scratch (the logits, then their gradient).
-    d_features : ndarray of shape (n_rows, n_features)
-        OUT: the gradient with respect to ``features``.
-    d_weight : ndarray of shape (n_classes, n_features)
-        OUT: the gradient with respect to ``weight``.
-    d_bias : ndarray of shape (n_classes,)
-        OUT: the gradient with respect to ``bias``.
-
-    Returns
-    -------
-    loss : float or None
-        None, with nothing written, if the rows' weights sum to zero.
+    As ``_losses.head_loss_and_gradients_reference`` with ``cross_entropy``,
+    and with its arguments: ``targets`` are intp class indices, each in
+    ``[0, n_classes)`` (checked by the caller), ``rows`` intp; ``scores``,
+    of shape (n_rows, n_classes), is scratch (the logits, then their
+    gradient). Returns the loss, or None, with nothing written, if the
+    rows' weights sum to zero.
     """
     cdef double total_weight, loss
     _check_head(features, weight, bias, targets.shape[0], weights, rows, scores, d_features,

@@ -19,16 +19,13 @@ large kernels, with cold caches, where each of the ten NumPy operations it
 replaces cost 5-50 us (see ``_losses.head_loss_and_gradients``).
 """
 
+from cython cimport floating
 from libc.math cimport exp, log
 from libc.stdlib cimport free, malloc
-from scipy.linalg.cython_blas cimport dgemm, sgemm
 
-from fastlstm._kernels._gemm cimport sgemm as own_sgemm, sgemm_enabled as own_sgemm_enabled
+from fastlstm._kernels._gemm cimport sgemm_enabled as own_sgemm_enabled
 from fastlstm._kernels._gemm cimport stranspose as own_transpose
-
-ctypedef fused floating:
-    float
-    double
+from fastlstm._kernels._row_major cimport gemm
 
 # The smallest positive normal float64 (np.finfo(np.float64).tiny): the
 # probability of the target class is clipped to it before its log.
@@ -120,43 +117,27 @@ def cross_entropy_rows(const floating[:, ::1] logits, const Py_ssize_t[::1] targ
 cdef void _matmul(bint trans_a, bint trans_b, int m, int n, int k, const floating *a, int lda,
                   const floating *b, int ldb, bint accumulate, floating *c,
                   int ldc) noexcept nogil:
-    """Row-major ``c = [c +] op(a) @ op(b)``, ``m, n, k > 0``.
+    """Row-major ``c = [c +] op(a) @ op(b)``, ``m, n, k > 0`` (``_row_major.gemm``).
 
-    float32 runs fastlstm's own GEMM where it can (with ``op(b) = b^T``, on
-    a transposed copy of ``b``): with it a W1 step's output layer call (27
-    rows, 200 features, 9 classes) took 11.0 instead of 17.3 us with
-    OpenBLAS's products, W2's (64 rows, 64 features, 10 classes) 21.9
-    instead of 26.7 us (medians of 20 alternated blocks, hot caches).
-    Otherwise Fortran BLAS, which sees each C-contiguous matrix
-    as its transpose and so computes ``c^T = op(b)^T op(a)^T``: the call
-    with the operands swapped.
+    With ``op(b) = b^T`` in float32, on a transposed copy of ``b`` where the
+    own GEMM runs, since it takes ``b`` untransposed only: with it a W1
+    step's output layer call (27 rows, 200 features, 9 classes) took 11.0
+    instead of 17.3 us with OpenBLAS's products, W2's (64 rows, 64
+    features, 10 classes) 21.9 instead of 26.7 us (medians of 20 alternated
+    blocks, hot caches).
     """
-    cdef char transa = b'T' if trans_a else b'N'
-    cdef char transb = b'T' if trans_b else b'N'
-    cdef floating one = 1, beta = 1 if accumulate else 0
+    cdef floating beta = 1 if accumulate else 0
     cdef float *b_transposed
-    cdef int done
     if floating is float:
-        if own_sgemm_enabled():
-            if not trans_b:
-                if own_sgemm(m, n, k, a, 1 if trans_a else lda, lda if trans_a else 1, b, ldb,
-                             accumulate, c, ldc) == 0:
-                    return
-            else:
-                b_transposed = <float *> malloc(k * n * sizeof(float))
-                if b_transposed != NULL:
-                    done = (own_transpose(n, k, b, ldb, b_transposed, n) == 0
-                            and own_sgemm(m, n, k, a, 1 if trans_a else lda,
-                                          lda if trans_a else 1, b_transposed, n, accumulate,
-                                          c, ldc) == 0)
+        if trans_b and own_sgemm_enabled():
+            b_transposed = <float *> malloc(k * n * sizeof(float))
+            if b_transposed != NULL:
+                if own_transpose(n, k, b, ldb, b_transposed, n) == 0:
+                    gemm(trans_a, False, m, n, k, 1, a, lda, b_transposed, n, beta, c, ldc)
                     free(b_transposed)
-                    if done:
-                        return
-        sgemm(&transb, &transa, &n, &m, &k, &one, <float *> b, &ldb, <float *> a, &lda, &beta,
-              c, &ldc)
-    else:
-        dgemm(&transb, &transa, &n, &m, &k, &one, <double *> b, &ldb, <double *> a, &lda, &beta,
-              c, &ldc)
+                    return
+                free(b_transposed)
+    gemm(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, beta, c, ldc)
 
 
 cdef void _affine(const floating[:, ::1] features, const floating[:, ::1] weight,

@@ -44,11 +44,13 @@ from ._spin import (
     compare_and_swap,
     load,
     now_ns,
+    publish_job,
     run_job,
     serve,
     signal_then_spin_until,
     spin_until,
     store,
+    take_job_times,
 )
 
 # How long a thread spins for its partner before it sleeps: longer than the
@@ -240,15 +242,13 @@ class SpinPool:
             return
         try:
             self._native_job = job
-            store(self._job_address, 0, job.ctypes.data)
+            publish_job(self._job_address, job)
             self._start_phase()
             self._caller_runs(lambda: run_job(job))
             self._wait_for_workers()
             for worker in range(self.n_workers):
                 # The worker could not note them itself without the GIL.
-                wall, cpu = self._job_times[worker]
-                self._job_times[worker] = 0
-                self._note_core_share(worker, int(wall), int(cpu))
+                self._note_core_share(worker, *take_job_times(self._job_times, worker))
         finally:
             store(self._job_address, 0, 0)
             self._native_job = None

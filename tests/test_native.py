@@ -280,6 +280,47 @@ def test_native_and_python_phases_interleave_and_every_task_runs_once(spin_ns):
     assert threads <= workers | callers
 
 
+def test_publish_job_stores_the_jobs_address_and_take_job_times_resets_them():
+    job = np.zeros(6, dtype=np.int64)
+    address = np.zeros(1, dtype=np.int64)
+    _spin.publish_job(address, job)
+    assert address[0] == job.ctypes.data
+    times = np.array([[11, 7], [5, 3]], dtype=np.int64)
+    assert _spin.take_job_times(times, 1) == (5, 3)
+    assert times.tolist() == [[11, 7], [0, 0]]
+    assert all(type(value) is int for value in _spin.take_job_times(times, 0))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not _spin.CAN_SPIN,
+                    reason="the test task calls pthread_self; native jobs need atomics")
+def test_a_native_phase_notes_the_times_of_the_worker_that_ran_a_task():
+    # The pool's view of how much of its core each thread got (which stops
+    # the spinning on a busy machine) comes from these notes.
+    from test_pool import _within
+
+    pool = SpinPool(1, spin_ns=300_000_000, watch_load=False)
+    notes = []
+    note = pool._note_core_share
+    pool._note_core_share = lambda thread, wall_ns, cpu_ns: (
+        notes.append((thread, wall_ns, cpu_ns)), note(thread, wall_ns, cpu_ns))
+
+    def phases():
+        for _ in range(50):
+            notes.clear()
+            job, blocks = _squares_job(2, work=2_000_000)  # 0.4-2 ms per task
+            pool.run_job(job)
+            if len(set(blocks[:, 2].tolist())) == 2:  # the worker ran a task
+                return
+        raise AssertionError("the worker never ran a task")
+
+    _within(120, phases)
+    worker_notes = [(wall, cpu) for thread, wall, cpu in notes if thread == 0]
+    assert len(worker_notes) == 1 and len(notes) == 2
+    wall, cpu = worker_notes[0]
+    assert type(wall) is int and type(cpu) is int and wall >= 100_000 and cpu > 0
+    assert pool._job_times.tolist() == [[0, 0]]
+
+
 def test_the_entries_count_as_cached_only_where_numbas_cache_holds_them(tmp_path, monkeypatch):
     import numba
 

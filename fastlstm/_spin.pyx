@@ -162,7 +162,7 @@ def store(int64_t[::1] flags, Py_ssize_t i, int64_t value):
 
 
 def publish_job(int64_t[::1] job_address, int64_t[::1] job):
-    """``job_address[0] = `` the address of ``job``'s data, written atomically.
+    """Write the address of ``job``'s data into ``job_address[0]``, atomically.
 
     What ``store(job_address, 0, job.ctypes.data)`` does, without NumPy's
     ctypes object: building it took 16-18 us of every phase of a W1
